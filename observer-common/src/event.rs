@@ -1,0 +1,148 @@
+//! Wire types the programs write into the `EVENTS` ring buffer and the `STATS` counters.
+//!
+//! ABI: append-only; explicit padding, no implicit holes. Ports are in host byte order,
+//! addresses are in network byte order (`[u8; 16]`, IPv4 in the first 4 bytes).
+
+#[cfg(feature = "user")]
+mod user;
+
+/// What a [`RawEvent`] reports. Crosses as a raw `u8`; userspace decodes it with `TryFrom`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The owner closed a socket with unread bytes: the kernel sent RST instead of FIN.
+    RstOnClose = 1,
+    /// The owner closed with `SO_LINGER` timeout 0 and nothing unread: a deliberate abort.
+    LingerAbort = 2,
+}
+
+/// Which side opened the connection, as observer saw it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The connection was not seen being established.
+    Unknown = 0,
+    /// The owner connected (`SYN_SENT`).
+    Client = 1,
+    /// The socket was accepted (`SYN_RECV -> ESTABLISHED`).
+    Server = 2,
+}
+
+/// `rst_reason` when no reset was traced for the socket.
+pub const NO_RST_REASON: u32 = u32::MAX;
+/// `bytes_sent` when the kernel has no `tcp_sock.bytes_sent`.
+pub const UNKNOWN_BYTES: u64 = u64::MAX;
+
+/// One detected anomaly on one socket, written by the programs (128 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the state changed.
+    pub ts_ns: u64,
+    /// Kernel address of the socket: a join key within one boot, never shown as is.
+    pub sk: u64,
+    /// cgroup v2 id of the owner.
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC time the connection was established, 0 if observer did not see it.
+    pub established_ns: u64,
+    /// `tcp_sock.bytes_received`.
+    pub bytes_received: u64,
+    /// `tcp_sock.bytes_sent`, or [`UNKNOWN_BYTES`].
+    pub bytes_sent: u64,
+    /// Local address, network byte order.
+    pub saddr: [u8; 16],
+    /// Peer address, network byte order.
+    pub daddr: [u8; 16],
+    /// Owner's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Bytes in the receive queue the owner never read (FIN excluded).
+    pub unread_bytes: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Owner's thread-group id (what userspace calls the pid).
+    pub pid: u32,
+    /// Raw `enum sk_rst_reason` from `tcp:tcp_send_reset`, or [`NO_RST_REASON`].
+    pub rst_reason: u32,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Peer port, host byte order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// [`Kind`] as `u8`.
+    pub kind: u8,
+    /// [`Role`] as `u8`.
+    pub role: u8,
+    /// TCP state before the close (`tcp::ESTABLISHED`, ...).
+    pub old_state: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<RawEvent>() == 128);
+
+/// Per-socket state, recorded when the owner touches the socket in process context (48 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    /// CLOCK_MONOTONIC time of `-> ESTABLISHED`, 0 if not seen.
+    pub established_ns: u64,
+    /// CLOCK_MONOTONIC time of the owner's last read that consumed data, 0 if none.
+    pub last_read_ns: u64,
+    /// Owner's cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Owner's `comm`.
+    pub comm: [u8; 16],
+    /// Owner's thread-group id, 0 while unknown (an accepted socket not yet read).
+    pub pid: u32,
+    /// [`Role`] as `u8`.
+    pub role: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+
+/// Indexes into the per-CPU `STATS` array. Every drop has one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// `rst_on_close` events lost because the ring buffer was full.
+    LostRstOnClose = 0,
+    /// `linger_abort` events lost because the ring buffer was full.
+    LostLingerAbort = 1,
+    /// Aborts lost because the `PENDING` map was full.
+    PendingFull = 2,
+    /// Sockets not tracked because the `SOCKS` map refused an insert.
+    SocksFull = 3,
+    /// Kernel memory reads that failed (`bpf_probe_read_kernel`).
+    ReadFailed = 4,
+}
+
+impl Stat {
+    /// Number of counters in `STATS`.
+    pub const COUNT: u32 = 5;
+    /// Every counter, in index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::LostRstOnClose,
+        Self::LostLingerAbort,
+        Self::PendingFull,
+        Self::SocksFull,
+        Self::ReadFailed,
+    ];
+
+    /// The ring-buffer drop counter for events of `kind`.
+    pub const fn lost(kind: Kind) -> Self {
+        match kind {
+            Kind::RstOnClose => Self::LostRstOnClose,
+            Kind::LingerAbort => Self::LostLingerAbort,
+        }
+    }
+}
+
+/// Bits of `FLAGS[0]`, written by userspace once the attach plan is known.
+pub struct Flags;
+
+impl Flags {
+    /// `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is destroyed,
+    /// so the RST reason traced in between can be added. Without it, emit at the state change.
+    pub const EMIT_AT_DESTROY: u32 = 1;
+}

@@ -1,0 +1,27 @@
+//! Types shared by observer's eBPF programs (`observer-ebpf`) and its userspace agent.
+//!
+//! Everything here is `#![no_std]` and `#[repr(C)]`: the same bytes are written by the kernel
+//! side and read by userspace, so each layout is fixed by a size assertion and only ever grows
+//! at the end. Code for one side only lives behind the `user` feature.
+#![no_std]
+
+pub mod event;
+pub mod layout;
+pub mod tcp;
+
+/// Names of the maps, shared so that userspace looks up exactly what the programs define.
+pub mod maps {
+    /// Ring buffer carrying [`crate::event::RawEvent`]s to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters indexed by [`crate::event::Stat`].
+    pub const STATS: &str = "STATS";
+    /// Runtime switches set by userspace after the attach plan is known ([`crate::event::Flags`]).
+    pub const FLAGS: &str = "FLAGS";
+    /// Per-socket state recorded in process context (owner, role, times).
+    pub const SOCKS: &str = "SOCKS";
+    /// Aborts seen at the state change, completed by the reset and emitted at destroy.
+    pub const PENDING: &str = "PENDING";
+}
+
+/// Name of the global that carries [`layout::Offsets`] into the programs.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";

@@ -1,0 +1,44 @@
+//! Output to userspace: events into the ring buffer, and the per-CPU counters that make every
+//! drop visible. A counter that reaches a power of two also sends one aya-log line, so an
+//! operator sees the first failure and then ever rarer reminders, never one line per event.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
+use observer_common::event::{Kind, RawEvent, Stat};
+
+use crate::maps::{EVENTS, STATS};
+
+/// Sends `ev` to userspace, counting it as lost when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn event<C: EbpfContext>(ctx: &C, ev: &RawEvent) {
+    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
+        let stat = match ev.kind {
+            k if k == Kind::LingerAbort as u8 => Stat::lost(Kind::LingerAbort),
+            _ => Stat::lost(Kind::RstOnClose),
+        };
+        count(ctx, stat);
+    }
+}
+
+/// Adds one to `stat` on this CPU.
+#[inline(always)]
+pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
+    let Some(slot) = STATS.get_ptr_mut(stat as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU slot of a live map; no other program runs on this CPU meanwhile.
+    let n = unsafe {
+        *slot += 1;
+        *slot
+    };
+    if n.is_power_of_two() {
+        let what = match stat {
+            Stat::LostRstOnClose => "ring buffer full, rst_on_close events lost",
+            Stat::LostLingerAbort => "ring buffer full, linger_abort events lost",
+            Stat::PendingFull => "PENDING map full, aborts lost",
+            Stat::SocksFull => "SOCKS map refused an insert, sockets untracked",
+            Stat::ReadFailed => "kernel memory read failed",
+        };
+        warn!(ctx, "{} (now {} on this cpu)", what, n);
+    }
+}

@@ -1,0 +1,5 @@
+//! observer's eBPF programs live in the `observer` binary target of this crate (`src/main.rs`),
+//! built for `bpfel-unknown-none` by `observer/build.rs`. This empty library exists so the
+//! userspace crate can name the package as a build dependency (cargo reruns its build script
+//! when the programs change).
+#![no_std]

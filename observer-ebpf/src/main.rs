@@ -1,0 +1,35 @@
+//! observer's eBPF programs: kernel hooks that record socket owners in process context and emit
+//! only the anomalies detectors need (aborts on close), counting every drop.
+//!
+//! # Layout
+//! * `maps` — every map and the `OFFSETS` global, each with its lifecycle.
+//! * `sock` — reads kernel socket fields at offsets resolved from BTF by userspace.
+//! * `emit` — ring-buffer output and the per-CPU drop counters.
+//! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
+//! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.
+//! * `tcp_destroy` — `tcp:tcp_destroy_sock`: emits pending aborts, forgets the socket.
+//! * `sock_recv` — `sock:sock_recv_length` (or `tcp_recvmsg`): owner and last read.
+//!
+//! Each hook has one entry point per program type (BTF tracepoint, raw tracepoint, classic
+//! tracepoint, kprobe where it applies); userspace attaches the first one the kernel accepts.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod maps;
+mod sock;
+mod sock_recv;
+mod sock_state;
+mod tcp_destroy;
+mod tcp_reset;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that can reach this; it is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

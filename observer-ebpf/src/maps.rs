@@ -1,0 +1,60 @@
+//! Every map and global the programs use, each documented with where it is written, deleted
+//! and read.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    event::{RawEvent, SockState, Stat},
+    layout::Offsets,
+};
+
+/// Field offsets for this kernel, written by userspace through `override_global` before load.
+/// Read: everywhere, through [`off!`](crate::off).
+#[unsafe(no_mangle)]
+// SAFETY: `Offsets` is plain `u32`s; all-zero is a valid value, replaced at load time.
+pub(crate) static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
+
+/// Reads one member of [`OFFSETS`] with a volatile load, so the compiler cannot fold the
+/// load-time value away.
+#[macro_export]
+macro_rules! off {
+    ($field:ident) => {
+        $crate::maps::load(&raw const $crate::maps::OFFSETS.$field)
+    };
+}
+
+/// Volatile load of one `OFFSETS` member (see [`off!`](crate::off)).
+#[inline(always)]
+pub(crate) fn load(field: *const u32) -> u32 {
+    // SAFETY: `field` points into the `OFFSETS` static, which lives for the whole program.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// Anomalies for userspace. Written: `emit::event`. Read: the agent's ring-buffer reader.
+/// 1 MiB holds ~8,000 events: a burst of aborts between two wake-ups fits.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Drop and error counters, indexed by `Stat`. Written: `emit::count`. Read: the agent.
+#[map]
+pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Runtime switches (`Flags`). Written: the agent, after attaching the optional hooks and
+/// before the required one. Read: `sock_state`.
+#[map]
+pub(crate) static FLAGS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
+/// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
+/// FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`. Deleted: `sock_state` (CLOSE).
+/// LRU, so a missed CLOSE cannot leak an entry.
+#[map]
+pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
+
+/// sk -> abort seen at `-> CLOSE`, waiting for the RST reason. Inserted: `sock_state`.
+/// Updated: `tcp_reset`. Emitted and deleted: `tcp_destroy`, a few instructions later in the
+/// same `close()`. LRU, so an entry whose socket is never destroyed cannot pin the map.
+#[map]
+pub(crate) static PENDING: LruHashMap<u64, RawEvent> = LruHashMap::with_max_entries(4096, 0);

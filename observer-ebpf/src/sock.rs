@@ -1,0 +1,104 @@
+//! Reads of kernel socket fields at the offsets userspace resolved from BTF.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_probe_read_kernel,
+};
+use observer_common::{
+    event::{RawEvent, SockState},
+    layout::ABSENT,
+    tcp::{AF_INET, AF_INET6, IPPROTO_TCP},
+};
+
+use crate::off;
+
+/// A `struct sock *` (also a `sock_common`, `inet_sock` and `tcp_sock` for TCP sockets).
+#[derive(Clone, Copy)]
+pub(crate) struct Sock(pub(crate) *const u8);
+
+impl Sock {
+    /// The kernel address, used as the map key.
+    #[inline(always)]
+    pub(crate) fn key(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// Reads a `T` at `offset` bytes into the socket.
+    #[inline(always)]
+    pub(crate) fn read<T>(self, offset: u32) -> Result<T, i32> {
+        // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
+        unsafe { bpf_probe_read_kernel(self.0.add(offset as usize).cast::<T>()) }
+    }
+
+    /// Whether this is an IPv4 or IPv6 TCP socket; every hook filters on it first.
+    #[inline(always)]
+    pub(crate) fn is_tcp(self) -> Result<bool, i32> {
+        if self.0.is_null() {
+            return Ok(false);
+        }
+        let family: u16 = self.read(off!(skc_family))?;
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(false);
+        }
+        let protocol: u16 = self.read(off!(sk_protocol))?;
+        Ok(protocol == IPPROTO_TCP)
+    }
+
+    /// Fills the addresses, ports, family and network namespace of `ev`.
+    #[inline(always)]
+    pub(crate) fn fill_endpoints(self, ev: &mut RawEvent) -> Result<(), i32> {
+        let family: u16 = self.read(off!(skc_family))?;
+        ev.family = family;
+        if family == AF_INET6 {
+            ev.saddr = self.read(off!(skc_v6_rcv_saddr))?;
+            ev.daddr = self.read(off!(skc_v6_daddr))?;
+        } else {
+            let s: [u8; 4] = self.read(off!(skc_rcv_saddr))?;
+            let d: [u8; 4] = self.read(off!(skc_daddr))?;
+            ev.saddr[..4].copy_from_slice(&s);
+            ev.daddr[..4].copy_from_slice(&d);
+        }
+        // At `-> CLOSE` the socket is already unhashed and `skc_num` reads 0: take the local
+        // port from `inet_sport`.
+        ev.sport = u16::from_be(self.read(off!(inet_sport))?);
+        ev.dport = u16::from_be(self.read(off!(skc_dport))?);
+        ev.netns = self.netns()?;
+        Ok(())
+    }
+
+    /// Inode number of the socket's network namespace.
+    #[inline(always)]
+    pub(crate) fn netns(self) -> Result<u32, i32> {
+        let net: *const u8 = self.read(off!(skc_net))?;
+        // SAFETY: checked read, as above.
+        unsafe { bpf_probe_read_kernel(net.add(off!(net_inum) as usize).cast::<u32>()) }
+    }
+
+    /// `tcp_sock.bytes_received` and `tcp_sock.bytes_sent` (or `UNKNOWN_BYTES`).
+    #[inline(always)]
+    pub(crate) fn byte_counts(self) -> Result<(u64, u64), i32> {
+        let received: u64 = self.read(off!(tcp_bytes_received))?;
+        let sent_off = off!(tcp_bytes_sent);
+        let sent = if sent_off == ABSENT {
+            observer_common::event::UNKNOWN_BYTES
+        } else {
+            self.read(sent_off)?
+        };
+        Ok((received, sent))
+    }
+}
+
+/// The current task's thread-group id.
+#[inline(always)]
+pub(crate) fn current_pid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Records the current task as the owner of `st`. Call only in process context.
+#[inline(always)]
+pub(crate) fn set_owner(st: &mut SockState, pid: u32) {
+    st.pid = pid;
+    st.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: no preconditions; returns the cgroup v2 id of the current task.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}

@@ -1,0 +1,232 @@
+//! `sock:inet_sock_set_state`, called from `tcp_set_state()`: the one required hook.
+//!
+//! * `CLOSE -> SYN_SENT` runs in `connect()`: the caller owns a client socket.
+//! * `SYN_SENT | SYN_RECV -> ESTABLISHED` runs in softirq: it records the time and the role,
+//!   never the current task (that is whoever the interrupt landed on).
+//! * `-> FIN_WAIT1 | LAST_ACK` runs in `close()`/`shutdown()`: the caller owns the socket.
+//! * `ESTABLISHED | CLOSE_WAIT | FIN_WAIT1 | FIN_WAIT2 -> CLOSE` with `sk_shutdown ==
+//!   SHUTDOWN_MASK`, no `sk_err` and not yet `SOCK_DEAD` is `__tcp_close()` aborting in the
+//!   owner's `close()`: an RST-on-close when bytes were left unread, a linger abort when
+//!   `SO_LINGER` 0 was set and nothing was unread. A received RST or a timeout sets `sk_err`
+//!   first, and an orphan's timers run on a `SOCK_DEAD` socket, so neither is mistaken for one.
+//!
+//! `__tcp_close` purges the receive queue before this transition, so the queue is empty here;
+//! `rcv_nxt - copied_seq` still holds what was unread.
+//! <https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp.c> (`__tcp_close`)
+//!
+//! # Minimum kernel version
+//! 4.16 (the tracepoint). BTF tracepoint 5.5; raw tracepoint and classic tracepoint otherwise.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use observer_common::{
+    event::{Flags, Kind, NO_RST_REASON, RawEvent, Role, SockState, Stat},
+    tcp,
+};
+
+use crate::{
+    emit,
+    maps::{FLAGS, PENDING, SOCKS},
+    off,
+    sock::{Sock, current_pid, set_owner},
+};
+
+/// BTF tracepoint entry: `(struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub(crate) fn state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    run(&ctx, Sock(sk), old, new)
+}
+
+/// Raw tracepoint entry, same arguments.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub(crate) fn state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    run(&ctx, Sock(sk), old, new)
+}
+
+/// Classic tracepoint entry: fields at the offsets read from the event's tracefs `format`.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub(crate) fn state_tp(ctx: TracePointContext) -> i32 {
+    // SAFETY: offsets come from this kernel's format file; reads are checked.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(off!(tp_state_skaddr) as usize),
+            ctx.read_at::<i32>(off!(tp_state_oldstate) as usize),
+            ctx.read_at::<i32>(off!(tp_state_newstate) as usize),
+        )
+    };
+    match fields {
+        (Ok(sk), Ok(old), Ok(new)) => run(&ctx, Sock(sk as *const u8), old, new),
+        _ => {
+            emit::count(&ctx, Stat::ReadFailed);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> i32 {
+    if try_run(ctx, sk, old, new).is_err() {
+        emit::count(ctx, Stat::ReadFailed);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), i32> {
+    if !sk.is_tcp()? {
+        return Ok(());
+    }
+    match new {
+        tcp::SYN_SENT => {
+            let mut st = fresh(Role::Client);
+            set_owner(&mut st, current_pid());
+            insert(ctx, sk, &st);
+        }
+        tcp::ESTABLISHED => {
+            // SAFETY: LRU entry pointer, valid for this program run.
+            if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+                unsafe { (*st).established_ns = bpf_ktime_get_ns() };
+            } else if old == tcp::SYN_RECV {
+                let mut st = fresh(Role::Server);
+                // SAFETY: no preconditions.
+                st.established_ns = unsafe { bpf_ktime_get_ns() };
+                insert(ctx, sk, &st);
+            }
+        }
+        tcp::FIN_WAIT1 | tcp::LAST_ACK => {
+            let pid = current_pid();
+            // SAFETY: as above.
+            if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+                unsafe {
+                    if (*st).pid != pid {
+                        set_owner(&mut *st, pid);
+                    }
+                }
+            }
+        }
+        tcp::CLOSE => {
+            if tcp::abortable(old) {
+                on_abort(ctx, sk, old)?;
+            }
+            let _ = SOCKS.remove(sk.key());
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it.
+#[inline(always)]
+fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
+    let shutdown: u8 = sk.read(off!(sk_shutdown))?;
+    if shutdown != tcp::SHUTDOWN_MASK {
+        return Ok(());
+    }
+    let err: i32 = sk.read(off!(sk_err))?;
+    let flags: u64 = sk.read(off!(sk_flags))?;
+    if err != 0 || flags & (1 << off!(flag_dead)) != 0 {
+        return Ok(());
+    }
+    let rcv_nxt: u32 = sk.read(off!(tcp_rcv_nxt))?;
+    let copied_seq: u32 = sk.read(off!(tcp_copied_seq))?;
+    let fin = tcp::fin_received(old, flags & (1 << off!(flag_done)) != 0);
+    let unread = tcp::unread_bytes(rcv_nxt, copied_seq, fin);
+    let kind = if unread > 0 {
+        Kind::RstOnClose
+    } else {
+        let linger = flags & (1 << off!(flag_linger)) != 0;
+        let lingertime: u64 = sk.read(off!(sk_lingertime))?;
+        if !linger || lingertime != 0 {
+            return Ok(());
+        }
+        Kind::LingerAbort
+    };
+
+    let mut ev = RawEvent {
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk: sk.key(),
+        cgroup_id: 0,
+        established_ns: 0,
+        bytes_received: 0,
+        bytes_sent: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: [0; 16],
+        unread_bytes: unread,
+        netns: 0,
+        pid: 0,
+        rst_reason: NO_RST_REASON,
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind: kind as u8,
+        role: Role::Unknown as u8,
+        old_state: old as u8,
+        _pad: [0; 7],
+    };
+    // This runs in the closing task: it is the owner, whatever was recorded before.
+    let mut owner = fresh(Role::Unknown);
+    set_owner(&mut owner, current_pid());
+    ev.pid = owner.pid;
+    ev.comm = owner.comm;
+    ev.cgroup_id = owner.cgroup_id;
+    // SAFETY: LRU entry, copied out at once.
+    if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
+        ev.established_ns = st.established_ns;
+        ev.role = st.role;
+    }
+    (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
+    sk.fill_endpoints(&mut ev)?;
+
+    let at_destroy = FLAGS
+        .get(0)
+        .is_some_and(|f| f & Flags::EMIT_AT_DESTROY != 0);
+    if at_destroy {
+        if PENDING.insert(sk.key(), &ev, 0).is_err() {
+            emit::count(ctx, Stat::PendingFull);
+        }
+    } else {
+        emit::event(ctx, &ev);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn fresh(role: Role) -> SockState {
+    SockState {
+        established_ns: 0,
+        last_read_ns: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+        pid: 0,
+        role: role as u8,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn insert<C: EbpfContext>(ctx: &C, sk: Sock, st: &SockState) {
+    if SOCKS.insert(sk.key(), st, 0).is_err() {
+        emit::count(ctx, Stat::SocksFull);
+    }
+}
+
+/// Shared with `sock_recv`: a new entry for a socket first seen being read.
+#[inline(always)]
+pub(crate) fn track_reader<C: EbpfContext>(ctx: &C, sk: Sock, pid: u32, read_ns: u64) {
+    let mut st = fresh(Role::Unknown);
+    set_owner(&mut st, pid);
+    st.last_read_ns = read_ns;
+    insert(ctx, sk, &st);
+}

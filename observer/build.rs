@@ -1,0 +1,24 @@
+//! Builds the eBPF programs (`observer-ebpf`, target `bpfel-unknown-none`) with aya-build and
+//! leaves the object in `OUT_DIR/observer`, which `probes.rs` embeds with `include_bytes_aligned!`.
+//! Needs the nightly toolchain with `rust-src` and `bpf-linker` (`cargo xtask setup`).
+
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root_dir = std::path::Path::new(&manifest_dir)
+        .parent()
+        .context("observer crate has no parent directory")?
+        .join("observer-ebpf");
+    let root_dir = root_dir
+        .to_str()
+        .context("observer-ebpf path is not UTF-8")?;
+    let package = aya_build::Package {
+        name: "observer-ebpf",
+        root_dir,
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default()).context(
+        "building the eBPF programs: run `cargo xtask setup` first (nightly rust-src, bpf-linker)",
+    )
+}

@@ -1,0 +1,76 @@
+//! `observer check`: loads and attaches every probe exactly as the agent would, prints the plan
+//! (purpose -> hook and type, and what was refused), the kernel release and the resolved BTF
+//! offsets, then detaches. Exit 0 when the required hooks attach, 1 otherwise: a preflight for
+//! a new kernel, or a DaemonSet init container.
+
+use std::{fmt::Write as _, process::ExitCode};
+
+use crate::{agent, config::ProbeArgs, host, probes::Probes};
+
+/// Runs the check and returns the report and the exit code.
+pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
+    let layout = agent::prepare(args)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "kernel: {}", host::kernel_release());
+    let _ = writeln!(out, "btf: {}", args.btf.display());
+    let _ = writeln!(
+        out,
+        "tracefs: {}",
+        if layout.tracefs {
+            "available"
+        } else {
+            "unavailable (classic tracepoint fallbacks disabled)"
+        }
+    );
+    let probes = match Probes::load(&layout, &args.btf, &args.hook_types) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(out, "FAIL: {e}");
+            return Ok((out, ExitCode::FAILURE));
+        }
+    };
+    let _ = writeln!(out, "\nattach plan:");
+    let _ = writeln!(
+        out,
+        "  {:<13} {:<9} {:<15} {:<22} refused",
+        "purpose", "required", "type", "hook"
+    );
+    for p in probes.plan() {
+        let (ty, hook) = p
+            .chosen
+            .map_or(("-".to_owned(), "unavailable".to_owned()), |(t, h, _)| {
+                (t.to_string(), h.to_owned())
+            });
+        let refused = if p.refused.is_empty() {
+            "-".to_owned()
+        } else {
+            p.refusals()
+        };
+        let _ = writeln!(
+            out,
+            "  {:<13} {:<9} {:<15} {:<22} {}",
+            p.purpose,
+            if p.required { "yes" } else { "no" },
+            ty,
+            hook,
+            refused
+        );
+    }
+    let _ = writeln!(out, "\nbtf offsets:");
+    for (name, off) in layout.describe() {
+        let shown = if off == observer_common::layout::ABSENT {
+            "absent".to_owned()
+        } else {
+            off.to_string()
+        };
+        let _ = writeln!(out, "  {name:<32} {shown}");
+    }
+    let reasons = if layout.rst_reasons.is_empty() {
+        "none (kernel before 6.10)".to_owned()
+    } else {
+        format!("{} names from enum sk_rst_reason", layout.rst_reasons.len())
+    };
+    let _ = writeln!(out, "  {:<32} {reasons}", "rst reasons");
+    let _ = writeln!(out, "\nOK: required hooks attached");
+    Ok((out, ExitCode::SUCCESS))
+}

@@ -1,0 +1,153 @@
+use std::collections::BTreeMap;
+
+use observer_common::{layout::Offsets, tcp::AF_INET};
+
+use super::*;
+
+fn decoder() -> Decoder {
+    let layout = Layout {
+        offsets: Offsets::default(),
+        rst_reasons: BTreeMap::from([
+            (0, "NOT_SPECIFIED".to_owned()),
+            (11, "TCP_ABORT_ON_CLOSE".to_owned()),
+        ]),
+        tracefs: false,
+    };
+    Decoder::new(&layout)
+}
+
+fn raw() -> RawEvent {
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"curl");
+    let mut saddr = [0u8; 16];
+    saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let mut daddr = [0u8; 16];
+    daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+    RawEvent {
+        ts_ns: 5_000_000_000,
+        sk: 0xffff_0000,
+        cgroup_id: 42,
+        established_ns: 2_000_000_000,
+        bytes_received: 73_000,
+        bytes_sent: 120,
+        saddr,
+        daddr,
+        comm,
+        unread_bytes: 72_480,
+        netns: 4_026_531_840,
+        pid: 1234,
+        rst_reason: 11,
+        sport: 40_000,
+        dport: 8080,
+        family: AF_INET,
+        kind: wire::Kind::RstOnClose as u8,
+        role: wire::Role::Client as u8,
+        old_state: 1,
+        _pad: [0; 7],
+    }
+}
+
+fn bytes(r: &RawEvent) -> Vec<u8> {
+    // SAFETY: `RawEvent` is `repr(C)` plain data without padding holes.
+    unsafe { std::slice::from_raw_parts((&raw const *r).cast::<u8>(), size_of::<RawEvent>()) }
+        .to_vec()
+}
+
+#[test]
+fn decodes_every_field() {
+    let mut d = decoder();
+    let e = d.decode(&bytes(&raw())).unwrap();
+    assert_eq!(e.id, 1);
+    assert_eq!(e.kind, Kind::RstOnClose);
+    assert_eq!((e.pid, e.comm.as_str(), e.cgroup_id), (1234, "curl", 42));
+    assert_eq!(e.local_addr.to_string(), "127.0.0.1");
+    assert_eq!(
+        (e.peer_addr.to_string().as_str(), e.peer_port, e.local_port),
+        ("10.1.2.3", 8080, 40_000)
+    );
+    assert_eq!(e.role, Role::Client);
+    assert_eq!(e.unread_bytes, 72_480);
+    assert_eq!(e.conn_age_ms, Some(3000));
+    assert_eq!((e.bytes_received, e.bytes_sent), (73_000, Some(120)));
+    assert_eq!(e.rst_reason.as_deref(), Some("TCP_ABORT_ON_CLOSE"));
+    assert!(e.hint.starts_with("closed with 72480 unread bytes"));
+    assert!(e.ts.ends_with('Z') && e.ts.contains('T'), "{}", e.ts);
+    assert_eq!(d.decode(&bytes(&raw())).unwrap().id, 2, "ids increase");
+}
+
+#[test]
+fn unknowns_become_null() {
+    let mut r = raw();
+    r.established_ns = 0;
+    r.bytes_sent = UNKNOWN_BYTES;
+    r.rst_reason = NO_RST_REASON;
+    r.role = 0;
+    let e = decoder().event(&r).unwrap();
+    assert_eq!(
+        (e.conn_age_ms, e.bytes_sent, e.rst_reason),
+        (None, None, None)
+    );
+    assert_eq!(e.role, Role::Unknown);
+    r.rst_reason = 0;
+    assert_eq!(
+        decoder().event(&r).unwrap().rst_reason,
+        None,
+        "NOT_SPECIFIED is no reason"
+    );
+}
+
+#[test]
+fn ipv6_and_mapped_addresses() {
+    let mut r = raw();
+    r.family = AF_INET6;
+    r.saddr = "::1".parse::<Ipv6Addr>().unwrap().octets();
+    r.daddr = "::ffff:10.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
+    let e = decoder().event(&r).unwrap();
+    assert_eq!(e.local_addr.to_string(), "::1");
+    assert_eq!(e.peer_addr.to_string(), "10.0.0.9");
+}
+
+#[test]
+fn bad_records_are_errors() {
+    let mut d = decoder();
+    assert_eq!(d.decode(&[0u8; 10]), Err(DecodeError::Truncated(10)));
+    let mut r = raw();
+    r.kind = 99;
+    assert_eq!(d.decode(&bytes(&r)), Err(DecodeError::Kind(99)));
+}
+
+#[test]
+fn json_has_the_contract_fields() {
+    let e = decoder().event(&raw()).unwrap();
+    let v = serde_json::to_value(&e).unwrap();
+    for field in [
+        "id",
+        "ts",
+        "kind",
+        "pid",
+        "comm",
+        "cgroup_id",
+        "container_id",
+        "pod",
+        "namespace",
+        "netns",
+        "local_addr",
+        "local_port",
+        "peer_addr",
+        "peer_port",
+        "role",
+        "unread_bytes",
+        "conn_age_ms",
+        "bytes_received",
+        "bytes_sent",
+        "close_wait_ms",
+        "last_read_ms_ago",
+        "rst_reason",
+        "hint",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(v["kind"], "rst_on_close");
+    assert_eq!(v["role"], "client");
+    assert_eq!(v["local_addr"], "127.0.0.1");
+}

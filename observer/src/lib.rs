@@ -1,0 +1,28 @@
+//! observer: an eBPF agent that watches every TCP connection on a Linux node and names the
+//! connection-handling bugs that take services down.
+//!
+//! # Layout
+//! * [`config`] — command-line flags (also `OBSERVER_*` variables) into a validated config.
+//! * [`telemetry`] — the agent's own `tracing` log, with aya's `log` records bridged in.
+//! * [`btf`] — a small BTF reader: struct field offsets, enum values, tracepoint arity.
+//! * [`layout`] — everything kernel-specific the programs need, resolved at start-up.
+//! * [`host`] — privileges, kernel release, tracefs.
+//! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
+//! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
+//! * [`output`] — the JSON-lines event log.
+//! * [`agent`] / [`check`] — the `observer agent` and `observer check` commands.
+//! * [`shutdown`] — SIGINT and SIGTERM.
+//!
+//! Data flow: `probes` → `events::reader` → bounded `mpsc` → `output`.
+
+pub mod agent;
+pub mod btf;
+pub mod check;
+pub mod config;
+pub mod events;
+pub mod host;
+pub mod layout;
+pub mod output;
+pub mod probes;
+pub mod shutdown;
+pub mod telemetry;

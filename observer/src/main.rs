@@ -1,0 +1,67 @@
+//! The `observer` binary: parses the command line and dispatches. Errors end here as one line
+//! on stderr and a non-zero exit: 64 for a bad flag, 1 for anything else.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use observer::{
+    agent, check,
+    config::{Cli, Command},
+    telemetry,
+};
+
+/// `EX_USAGE`: an invalid flag or configuration value.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let probe_args = match &cli.command {
+        Command::Agent(a) => &a.probes,
+        Command::Check(p) => p,
+    };
+    if let Err(e) = probe_args.validate() {
+        eprintln!("observer: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = telemetry::init() {
+        eprintln!("observer: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("observer: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Agent(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let (report, code) = check::run(&args)?;
+            #[expect(clippy::print_stdout, reason = "the report is the command's output")]
+            {
+                print!("{report}");
+            }
+            Ok(code)
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Loads the eBPF object, chooses one hook per purpose and owns the links.
+//!
+//! Every purpose lists its candidates in order of preference: a BTF tracepoint, then a raw
+//! tracepoint, then a classic tracepoint (its record layout read from tracefs), then a kprobe
+//! where one applies. A candidate is "unavailable" when its load or attach fails: the kernel's
+//! answer is the test, never a feature probe (aya's `is_program_supported(Tracing)` probes with
+//! fentry, which some kernels refuse while tp_btf works). Optional purposes degrade; the
+//! required one (`state`) failing is a start-up error naming every refusal.
+//!
+//! Optional hooks are attached first, then `FLAGS` is written, then the required hook: so the
+//! programs never run with switches that do not match the plan.
+
+use std::{fmt, path::Path, str::FromStr};
+
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    OFFSETS_GLOBAL,
+    event::{Flags, Stat},
+    maps,
+};
+use tracing::{info, warn};
+
+use crate::layout::Layout;
+
+mod attach;
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// A program type a hook can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookType {
+    /// BTF-enabled tracepoint (`tp_btf`), 5.5+.
+    TpBtf,
+    /// Raw tracepoint, 4.17+.
+    RawTracepoint,
+    /// Classic tracepoint with a tracefs record layout.
+    Tracepoint,
+    /// kprobe on a kernel function.
+    Kprobe,
+}
+
+impl HookType {
+    /// Every type, in default order of preference.
+    pub const ALL: [Self; 4] = [
+        Self::TpBtf,
+        Self::RawTracepoint,
+        Self::Tracepoint,
+        Self::Kprobe,
+    ];
+
+    /// The name used in flags, logs and the plan.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::RawTracepoint => "raw_tracepoint",
+            Self::Tracepoint => "tracepoint",
+            Self::Kprobe => "kprobe",
+        }
+    }
+}
+
+impl fmt::Display for HookType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HookType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown hook type {s:?} (expected tp_btf, raw_tracepoint, tracepoint or kprobe)")
+            })
+    }
+}
+
+/// How one purpose was served.
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    /// What the hook is for (`state`, `reset_reason`, `destroy`, `reads`).
+    pub purpose: &'static str,
+    /// Whether the agent cannot run without it.
+    pub required: bool,
+    /// The hook that was attached: (type, kernel target, program name).
+    pub chosen: Option<(HookType, &'static str, &'static str)>,
+    /// Candidates that were tried and refused, with the kernel's answer.
+    pub refused: Vec<(HookType, &'static str, String)>,
+}
+
+/// Start-up failures of the probes, each naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object could not be loaded (maps created, globals set).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The BTF file aya needs for BTF tracepoints could not be read.
+    #[error("reading BTF from {path} for tp_btf programs: {source}")]
+    Btf {
+        /// The file.
+        path: String,
+        /// aya's error.
+        #[source]
+        source: aya::BtfError,
+    },
+    /// A required hook was refused by every candidate.
+    #[error("required hook {purpose} could not be attached: {refusals}")]
+    Required {
+        /// The purpose.
+        purpose: &'static str,
+        /// Every refusal, joined.
+        refusals: String,
+    },
+    /// A map the programs define is missing or of another type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A map the programs define is missing.
+    #[error("map {0} not found in the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// The loaded programs and their links. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    plan: Vec<PlanEntry>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads the object with `layout`'s offsets and attaches one hook per purpose, trying only
+    /// `allowed` hook types, in that order.
+    pub fn load(layout: &Layout, btf_path: &Path, allowed: &[HookType]) -> Result<Self, Error> {
+        let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
+            Error::Btf {
+                path: btf_path.display().to_string(),
+                source,
+            }
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(OFFSETS_GLOBAL, &layout.offsets, true)
+            .load(OBJECT)?;
+        let mut plan = Vec::new();
+        for purpose in attach::OPTIONAL {
+            plan.push(attach::attach(&mut ebpf, purpose, &btf, layout, allowed));
+        }
+        let destroy = plan
+            .iter()
+            .any(|p| p.purpose == "destroy" && p.chosen.is_some());
+        let mut flags: Array<_, u32> = take(&mut ebpf, maps::FLAGS)?;
+        let bits = if destroy { Flags::EMIT_AT_DESTROY } else { 0 };
+        flags.set(0, bits, 0).map_err(|source| Error::Map {
+            name: maps::FLAGS,
+            source,
+        })?;
+        let state = attach::attach(&mut ebpf, &attach::REQUIRED, &btf, layout, allowed);
+        let failed = state.chosen.is_none().then(|| state.refusals());
+        plan.push(state);
+        if let Some(refusals) = failed {
+            return Err(Error::Required {
+                purpose: attach::REQUIRED.name,
+                refusals,
+            });
+        }
+        let stats = take(&mut ebpf, maps::STATS)?;
+        Ok(Self { ebpf, plan, stats })
+    }
+
+    /// How each purpose was served.
+    pub fn plan(&self) -> &[PlanEntry] {
+        &self.plan
+    }
+
+    /// Logs the attach plan, one line per purpose.
+    pub fn log_plan(&self) {
+        for p in &self.plan {
+            match p.chosen {
+                Some((ty, target, program)) => info!(
+                    purpose = p.purpose,
+                    hook = target,
+                    r#type = %ty,
+                    program,
+                    fallbacks_refused = p.refused.len(),
+                    "probe attached"
+                ),
+                None => {
+                    warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable")
+                }
+            }
+        }
+    }
+
+    /// Takes the events ring buffer, for the reader task.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
+        take(&mut self.ebpf, maps::EVENTS)
+    }
+
+    /// Takes the aya-log ring buffer reader, if the object has one.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "eBPF diagnostics unavailable");
+                None
+            }
+        }
+    }
+
+    /// The kernel-side counters summed over CPUs, in `Stat::ALL` order.
+    pub fn stats(&self) -> [(Stat, u64); Stat::COUNT as usize] {
+        Stat::ALL.map(|s| {
+            let total = self
+                .stats
+                .get(&(s as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            (s, total)
+        })
+    }
+}
+
+impl PlanEntry {
+    /// Every refusal as one line.
+    pub fn refusals(&self) -> String {
+        self.refused
+            .iter()
+            .map(|(ty, target, e)| format!("{ty} {target}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+/// Human name of a counter, as logs and `check` show it.
+pub const fn stat_name(s: Stat) -> &'static str {
+    match s {
+        Stat::LostRstOnClose => "ringbuf_full_rst_on_close",
+        Stat::LostLingerAbort => "ringbuf_full_linger_abort",
+        Stat::PendingFull => "pending_map_full",
+        Stat::SocksFull => "socks_map_full",
+        Stat::ReadFailed => "kernel_read_failed",
+    }
+}
