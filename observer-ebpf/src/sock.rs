@@ -12,7 +12,7 @@ use observer_common::{
 
 use crate::off;
 
-/// A `struct sock *` (also a `sock_common`, `inet_sock` and `tcp_sock` for TCP sockets).
+/// A kernel object address, usually a `struct sock *` (also a `sock_common`, `inet_sock` and `tcp_sock` for TCP sockets).
 #[derive(Clone, Copy)]
 pub(crate) struct Sock(pub(crate) *const u8);
 
@@ -25,6 +25,10 @@ impl Sock {
 
     /// Reads a `T` at `offset` bytes into the socket.
     #[inline(always)]
+    #[allow(
+        clippy::cast_ptr_alignment,
+        reason = "bpf_probe_read_kernel copies unaligned"
+    )]
     pub(crate) fn read<T>(self, offset: u32) -> Result<T, i32> {
         // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
         unsafe { bpf_probe_read_kernel(self.0.add(offset as usize).cast::<T>()) }
@@ -70,8 +74,7 @@ impl Sock {
     #[inline(always)]
     pub(crate) fn netns(self) -> Result<u32, i32> {
         let net: *const u8 = self.read(off!(skc_net))?;
-        // SAFETY: checked read, as above.
-        unsafe { bpf_probe_read_kernel(net.add(off!(net_inum) as usize).cast::<u32>()) }
+        Sock(net).read(off!(net_inum))
     }
 
     /// `tcp_sock.bytes_received` and `tcp_sock.bytes_sent` (or `UNKNOWN_BYTES`).

@@ -72,8 +72,8 @@ fn run<C: EbpfContext>(ctx: &C, sk: Sock, ret: i32, flags: i32) -> i32 {
         }
     }
     let pid = current_pid();
-    // SAFETY: no preconditions.
     let consumed_at = if ret > 0 && flags & MSG_PEEK == 0 {
+        // SAFETY: no preconditions.
         unsafe { bpf_ktime_get_ns() }
     } else {
         0

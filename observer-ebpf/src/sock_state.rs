@@ -64,12 +64,11 @@ pub(crate) fn state_tp(ctx: TracePointContext) -> i32 {
             ctx.read_at::<i32>(off!(tp_state_newstate) as usize),
         )
     };
-    match fields {
-        (Ok(sk), Ok(old), Ok(new)) => run(&ctx, Sock(sk as *const u8), old, new),
-        _ => {
-            emit::count(&ctx, Stat::ReadFailed);
-            0
-        }
+    if let (Ok(sk), Ok(old), Ok(new)) = fields {
+        run(&ctx, Sock(sk as *const u8), old, new)
+    } else {
+        emit::count(&ctx, Stat::ReadFailed);
+        0
     }
 }
 
@@ -93,8 +92,8 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
             insert(ctx, sk, &st);
         }
         tcp::ESTABLISHED => {
-            // SAFETY: LRU entry pointer, valid for this program run.
             if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+                // SAFETY: LRU entry pointer, valid for this program run.
                 unsafe { (*st).established_ns = bpf_ktime_get_ns() };
             } else if old == tcp::SYN_RECV {
                 let mut st = fresh(Role::Server);
@@ -105,8 +104,8 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
         }
         tcp::FIN_WAIT1 | tcp::LAST_ACK => {
             let pid = current_pid();
-            // SAFETY: as above.
             if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+                // SAFETY: LRU entry pointer, valid for this program run.
                 unsafe {
                     if (*st).pid != pid {
                         set_owner(&mut *st, pid);
@@ -193,7 +192,7 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
         .get(0)
         .is_some_and(|f| f & Flags::EMIT_AT_DESTROY != 0);
     if at_destroy {
-        if PENDING.insert(sk.key(), &ev, 0).is_err() {
+        if PENDING.insert(sk.key(), ev, 0).is_err() {
             emit::count(ctx, Stat::PendingFull);
         }
     } else {

@@ -275,7 +275,7 @@ impl Btf {
         {
             bitfield |= *nr != size * 8 || *bit_offset != 0;
         }
-        bitfield |= bits % 8 != 0;
+        bitfield |= !bits.is_multiple_of(8);
         Ok(Field {
             offset: bits / 8,
             size: self.size_of(ty),

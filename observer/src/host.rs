@@ -46,8 +46,7 @@ pub fn require_privileges() -> Result<(), NotPrivileged> {
 /// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";

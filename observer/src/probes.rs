@@ -175,8 +175,12 @@ impl Probes {
                 refusals,
             });
         }
-        let stats = take(&mut ebpf, maps::STATS)?;
-        Ok(Self { ebpf, plan, stats })
+        let counters = take(&mut ebpf, maps::STATS)?;
+        Ok(Self {
+            ebpf,
+            plan,
+            stats: counters,
+        })
     }
 
     /// How each purpose was served.
@@ -197,7 +201,7 @@ impl Probes {
                     "probe attached"
                 ),
                 None => {
-                    warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable")
+                    warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable");
                 }
             }
         }
@@ -222,11 +226,7 @@ impl Probes {
     /// The kernel-side counters summed over CPUs, in `Stat::ALL` order.
     pub fn stats(&self) -> [(Stat, u64); Stat::COUNT as usize] {
         Stat::ALL.map(|s| {
-            let total = self
-                .stats
-                .get(&(s as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
+            let total = self.stats.get(&(s as u32), 0).map_or(0, |v| v.iter().sum());
             (s, total)
         })
     }

@@ -1,1 +1,66 @@
-fn main() {}
+//! observer's developer tasks, for what cargo alone cannot do:
+//!
+//! * `cargo xtask setup` — installs the nightly's `rust-src` and bpf-linker 0.10.4 (idempotent,
+//!   quick when done).
+//! * `cargo xtask run [-- ARGS]` — setup, build, then `observer agent` with the defaults (or ARGS).
+//! * `cargo xtask test` — setup, the Debian packages the tests drive, `cargo fmt --check`, clippy
+//!   on host and eBPF target with `-D warnings`, then every test, kernel tests included.
+//! * `cargo xtask clippy` — clippy on the host crates, then on the eBPF crate.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod clippy;
+mod run;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "observer's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building the eBPF programs needs: nightly rust-src, bpf-linker 0.10.4.
+    Setup,
+    /// Set up, build in release mode and run `observer agent` (extra ARGS go to the agent).
+    Run {
+        /// Arguments for `observer agent`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and clippy (host and eBPF), run every test.
+    Test,
+    /// Run clippy with -D warnings on the host crates and on the eBPF crate.
+    Clippy,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Run { args } => run::run(&args),
+        Command::Test => test::run(),
+        Command::Clippy => clippy::run(),
+    }
+}
+
+/// Runs `cmd`, failing with its command line when it does not succeed.
+pub(crate) fn status(cmd: &mut std::process::Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("starting {cmd:?}: {e}"))?;
+    anyhow::ensure!(st.success(), "{cmd:?} failed: {st}");
+    Ok(())
+}
+
+/// Standard output of `cmd`, or `None` when it cannot run or fails.
+pub(crate) fn output(cmd: &mut std::process::Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

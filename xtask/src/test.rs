@@ -1,0 +1,51 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest: setup, the
+//! Debian packages the tests drive, formatting, clippy, then every test (the kernel tests need
+//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing).
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{clippy, setup, setup::NIGHTLY, status};
+
+/// Debian packages the tests use as real clients and servers, with a command proving each is
+/// installed.
+const PACKAGES: &[(&str, &[&str])] = &[
+    ("curl", &["curl", "--version"]),
+    (
+        "python3-requests",
+        &["/usr/bin/python3", "-c", "import requests"],
+    ),
+];
+
+pub(crate) fn run() -> Result<()> {
+    setup::run()?;
+    test_packages()?;
+    status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
+    clippy::run()?;
+    status(Command::new("cargo").args(["test", "--all-targets"]))
+}
+
+fn test_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, probe)| crate::output(Command::new(probe[0]).args(&probe[1..])).is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if crate::output(Command::new("apt-get").arg("--version")).is_none() {
+        bail!(
+            "the tests need these Debian packages and apt-get is not available: {}",
+            missing.join(" ")
+        );
+    }
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
