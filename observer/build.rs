@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root_dir
         .to_str()
         .context("observer-ebpf path is not UTF-8")?;
+    // aya-build watches only the eBPF crate; the programs also compile in observer-common.
+    let common = std::path::Path::new(&manifest_dir).join("../observer-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let package = aya_build::Package {
         name: "observer-ebpf",
         root_dir,
