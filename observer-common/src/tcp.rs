@@ -35,13 +35,18 @@ pub const SHUTDOWN_MASK: u8 = 3;
 /// `MSG_PEEK`: a read that leaves the data in the queue.
 pub const MSG_PEEK: i32 = 2;
 
-/// Whether a socket leaving `old` for `CLOSE` in its owner's `close()` can be an abort.
+/// Whether a socket leaving `old` for `CLOSE` can be its owner's `close()` aborting.
 ///
 /// `__tcp_close` aborts from ESTABLISHED, from CLOSE_WAIT (the peer's FIN plus unread data) and
 /// from FIN_WAIT1/FIN_WAIT2 (`shutdown(SHUT_WR)` then `close()`, as hyper and reqwest do when a
-/// body is dropped).
-pub const fn abortable(old: i32) -> bool {
-    matches!(old, ESTABLISHED | CLOSE_WAIT | FIN_WAIT1 | FIN_WAIT2)
+/// body is dropped). A FIN_WAIT socket that has the peer's FIN (`SOCK_DONE`) is instead
+/// `tcp_time_wait()` handing over to TIME_WAIT in softirq: no RST is sent, nothing is aborted.
+pub const fn abortable(old: i32, sock_done: bool) -> bool {
+    match old {
+        ESTABLISHED | CLOSE_WAIT => true,
+        FIN_WAIT1 | FIN_WAIT2 => !sock_done,
+        _ => false,
+    }
 }
 
 /// Bytes the owner never read: `rcv_nxt - copied_seq`, less the one sequence number of a FIN that
@@ -93,12 +98,18 @@ mod tests {
     #[test]
     fn abortable_states() {
         for s in [ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2] {
-            assert!(abortable(s));
+            assert!(abortable(s, false));
         }
+        assert!(abortable(CLOSE_WAIT, true), "CLOSE_WAIT always has the FIN");
+        assert!(
+            !abortable(FIN_WAIT2, true),
+            "FIN_WAIT2 + FIN is the move to TIME_WAIT"
+        );
+        assert!(!abortable(FIN_WAIT1, true));
         for s in [
             SYN_SENT, SYN_RECV, TIME_WAIT, CLOSE, LAST_ACK, LISTEN, CLOSING,
         ] {
-            assert!(!abortable(s));
+            assert!(!abortable(s, false));
         }
     }
 }

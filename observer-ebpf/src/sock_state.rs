@@ -8,7 +8,8 @@
 //!   SHUTDOWN_MASK`, no `sk_err` and not yet `SOCK_DEAD` is `__tcp_close()` aborting in the
 //!   owner's `close()`: an RST-on-close when bytes were left unread, a linger abort when
 //!   `SO_LINGER` 0 was set and nothing was unread. A received RST or a timeout sets `sk_err`
-//!   first, and an orphan's timers run on a `SOCK_DEAD` socket, so neither is mistaken for one.
+//!   first, an orphan's timers run on a `SOCK_DEAD` socket, and a FIN_WAIT socket that got the
+//!   peer's FIN (`SOCK_DONE`) is moving to TIME_WAIT: none of them is mistaken for an abort.
 //!
 //! `__tcp_close` purges the receive queue before this transition, so the queue is empty here;
 //! `rcv_nxt - copied_seq` still holds what was unread.
@@ -114,9 +115,7 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
             }
         }
         tcp::CLOSE => {
-            if tcp::abortable(old) {
-                on_abort(ctx, sk, old)?;
-            }
+            on_abort(ctx, sk, old)?;
             let _ = SOCKS.remove(sk.key());
         }
         _ => {}
@@ -127,18 +126,22 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
 /// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it.
 #[inline(always)]
 fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
+    if !tcp::abortable(old, false) {
+        return Ok(());
+    }
     let shutdown: u8 = sk.read(off!(sk_shutdown))?;
     if shutdown != tcp::SHUTDOWN_MASK {
         return Ok(());
     }
     let err: i32 = sk.read(off!(sk_err))?;
     let flags: u64 = sk.read(off!(sk_flags))?;
-    if err != 0 || flags & (1 << off!(flag_dead)) != 0 {
+    let sock_done = flags & (1 << off!(flag_done)) != 0;
+    if err != 0 || flags & (1 << off!(flag_dead)) != 0 || !tcp::abortable(old, sock_done) {
         return Ok(());
     }
     let rcv_nxt: u32 = sk.read(off!(tcp_rcv_nxt))?;
     let copied_seq: u32 = sk.read(off!(tcp_copied_seq))?;
-    let fin = tcp::fin_received(old, flags & (1 << off!(flag_done)) != 0);
+    let fin = tcp::fin_received(old, sock_done);
     let unread = tcp::unread_bytes(rcv_nxt, copied_seq, fin);
     let kind = if unread > 0 {
         Kind::RstOnClose
