@@ -61,6 +61,10 @@ pub struct Offsets {
     pub flag_linger: u32,
     /// Whether the BTF tracepoint `tcp_send_reset` has a third argument, the reason (1) or not (0).
     pub btf_reset_has_reason: u32,
+    /// `task_struct.group_leader` (a pointer).
+    pub task_group_leader: u32,
+    /// `task_struct.comm` (16 bytes).
+    pub task_comm: u32,
     /// Classic tracepoint `sock/inet_sock_set_state`: `skaddr`.
     pub tp_state_skaddr: u32,
     /// `sock/inet_sock_set_state`: `oldstate`.
@@ -82,4 +86,4 @@ pub struct Offsets {
     /// `tcp/tcp_destroy_sock`: `skaddr`.
     pub tp_destroy_skaddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 34 * 4);

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_probe_read_kernel,
+    bpf_get_current_task, bpf_probe_read_kernel,
 };
 use observer_common::{
     event::{RawEvent, SockState},
@@ -98,10 +98,19 @@ pub(crate) fn current_pid() -> u32 {
 }
 
 /// Records the current task as the owner of `st`. Call only in process context.
+///
+/// `comm` is the process's (the thread-group leader's), not the thread's: a worker thread
+/// named `pool-3-thread-7` belongs to `java`.
 #[inline(always)]
 pub(crate) fn set_owner(st: &mut SockState, pid: u32) {
     st.pid = pid;
-    st.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: no preconditions; returns the current `task_struct *`.
+    let task = Sock(unsafe { bpf_get_current_task() } as *const u8);
+    st.comm = task
+        .read::<*const u8>(off!(task_group_leader))
+        .and_then(|leader| Sock(leader).read(off!(task_comm)))
+        .or_else(|_| bpf_get_current_comm())
+        .unwrap_or([0; 16]);
     // SAFETY: no preconditions; returns the cgroup v2 id of the current task.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }

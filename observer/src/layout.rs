@@ -77,6 +77,8 @@ impl Layout {
             // Added in 5.5: optional, reported as null where absent.
             tcp_bytes_sent: f("tcp_sock", "bytes_sent", 8).unwrap_or(ABSENT),
             net_inum: f("net", "ns.inum", 4)?,
+            task_group_leader: f("task_struct", "group_leader", 8)?,
+            task_comm: f("task_struct", "comm", 16)?,
             flag_dead: flag("SOCK_DEAD")?,
             flag_done: flag("SOCK_DONE")?,
             flag_linger: flag("SOCK_LINGER")?,
@@ -134,6 +136,8 @@ impl Layout {
             ("tcp_sock.bytes_received", o.tcp_bytes_received),
             ("tcp_sock.bytes_sent", o.tcp_bytes_sent),
             ("net.ns.inum", o.net_inum),
+            ("task_struct.group_leader", o.task_group_leader),
+            ("task_struct.comm", o.task_comm),
             ("sock_flags::SOCK_DEAD (bit)", o.flag_dead),
             ("sock_flags::SOCK_DONE (bit)", o.flag_done),
             ("sock_flags::SOCK_LINGER (bit)", o.flag_linger),
