@@ -16,7 +16,7 @@ use crate::{
     layout::Layout,
     output,
     probes::{self, Probes},
-    shutdown,
+    shutdown::Shutdown,
 };
 
 /// Capacity of the reader -> writer channel; a full channel is counted, never waited on.
@@ -35,6 +35,7 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
 
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     let layout = prepare(&args.probes)?;
     let mut probes = Probes::load(&layout, &args.probes.btf, &args.probes.hook_types)?;
     probes.log_plan();
@@ -58,11 +59,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut tick = tokio::time::interval(STATS_EVERY);
     let mut drops = Drops::default();
-    let signal = shutdown::signal_received();
-    tokio::pin!(signal);
     let why = loop {
         tokio::select! {
-            s = &mut signal => break s?,
+            s = shutdown.received() => break s,
             _ = tick.tick() => drops.report(&probes, &counters),
         }
     };

@@ -1,13 +1,28 @@
-//! Waits for SIGINT or SIGTERM (the kubelet's stop signal), whichever comes first.
+//! SIGINT and SIGTERM (the kubelet's stop signal). The handlers are installed before the
+//! agent says it is ready, so a signal can never find the default action (death) in place.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn signal_received() -> std::io::Result<&'static str> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// Installed handlers for SIGINT and SIGTERM.
+pub struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers now (inside a tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM, with its name.
+    pub async fn received(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
