@@ -1,0 +1,14 @@
+//! Kernel tests: the real agent binary, real eBPF programs, real sockets. Each scenario runs in
+//! a network namespace of its own (created by the test thread), and reads only the events of
+//! that namespace. They need root; without it they print why and pass, except under
+//! `OBSERVER_REQUIRE_BPF=1` (CI), where they fail.
+
+mod kernel {
+    pub(crate) mod support;
+
+    mod agent_cli;
+    mod burst;
+    mod fallbacks;
+    mod real_clients;
+    mod rst_on_close;
+}

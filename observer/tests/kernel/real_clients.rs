@@ -1,0 +1,132 @@
+//! Real clients from Debian's packages against a real HTTP server, stopping early: curl piped
+//! into a reader that gives up, and Python `requests` closing a streamed response unread.
+
+use std::{
+    io::Read as _,
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::support::{Agent, events, in_netns, require_bpf};
+
+const PYTHON: &str = "/usr/bin/python3";
+const BODY: usize = 8 << 20;
+
+/// `python3 -m http.server` serving an 8 MiB file, in the calling thread's namespace.
+struct HttpServer {
+    child: Child,
+    port: u16,
+    _dir: PathBuf,
+}
+
+impl HttpServer {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "observer-http-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big"), vec![b'x'; BODY]).unwrap();
+        let port = 18_080;
+        let child = Command::new(PYTHON)
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[test]
+fn curl_stopped_early_is_caught_with_its_pid() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (ns, curl_pid, port) = in_netns(|ns| {
+        let server = HttpServer::start();
+        let mut curl = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/big", server.port)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("curl");
+        // `curl ... | head -c 100`: read 100 bytes, then close the pipe.
+        let mut out = curl.stdout.take().unwrap();
+        let mut head = [0u8; 100];
+        out.read_exact(&mut head).unwrap();
+        drop(out);
+        let _ = curl.wait();
+        (ns, curl.id(), server.port)
+    });
+    let evs = events(&agent, ns, 1);
+    let e = evs
+        .iter()
+        .find(|e| e["pid"] == curl_pid)
+        .unwrap_or_else(|| panic!("no event for curl ({curl_pid}): {evs:#?}"));
+    assert_eq!(e["kind"], "rst_on_close");
+    assert_eq!(e["comm"], "curl");
+    assert_eq!(e["role"], "client");
+    assert_eq!(e["peer_port"], port);
+    assert!(e["unread_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn python_requests_closing_a_streamed_response_is_caught() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (ns, py_pid, port) = in_netns(|ns| {
+        let server = HttpServer::start();
+        let script = format!(
+            "import requests\nr = requests.get('http://127.0.0.1:{}/big', stream=True)\nr.raw.read(100)\nr.close()\n",
+            server.port
+        );
+        let mut py = Command::new(PYTHON)
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3 requests");
+        assert!(py.wait().unwrap().success(), "the requests script failed");
+        (ns, py.id(), server.port)
+    });
+    let evs = events(&agent, ns, 1);
+    let e = evs
+        .iter()
+        .find(|e| e["pid"] == py_pid)
+        .unwrap_or_else(|| panic!("no event for python ({py_pid}): {evs:#?}"));
+    assert_eq!(e["kind"], "rst_on_close");
+    assert_eq!(e["comm"], "python3");
+    assert_eq!(e["role"], "client");
+    assert_eq!(e["peer_port"], port);
+    assert!(e["unread_bytes"].as_u64().unwrap() > 0);
+}

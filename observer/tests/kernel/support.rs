@@ -1,0 +1,288 @@
+//! Helpers for the kernel tests: the privilege gate, a network namespace per scenario, the
+//! agent as a child process whose JSON-lines events are collected per namespace, and the
+//! kernel's own counters.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::MetadataExt as _,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The agent binary built by cargo for these tests.
+pub(crate) const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
+
+/// Whether the kernel tests can run. Prints why not; panics instead under `OBSERVER_REQUIRE_BPF=1`.
+pub(crate) fn require_bpf() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = if root {
+        "no /sys/kernel/btf/vmlinux"
+    } else {
+        "not root"
+    };
+    assert!(
+        std::env::var_os("OBSERVER_REQUIRE_BPF").is_none(),
+        "OBSERVER_REQUIRE_BPF=1 but the kernel tests cannot run: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Namespaces kept open until the test process exits: a freed namespace's inode number is
+/// reused by the next one, and an agent still collecting for this test would then see another
+/// test's events under the same `netns`.
+static KEEP_NETNS: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+/// Runs `f` on a new thread inside a new network namespace with `lo` up, passing the
+/// namespace's inode number.
+pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce(u64) -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        // SAFETY: unshare only affects this thread.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET)"
+        );
+        loopback_up();
+        let ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let ino = ns.metadata().unwrap().ino();
+        KEEP_NETNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(ns);
+        f(ino)
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn loopback_up() {
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    assert!(fd >= 0);
+    // SAFETY: zeroed ifreq is valid; the name fits.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq.
+    unsafe {
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0);
+        libc::close(fd);
+    }
+}
+
+/// A `TcpExt` counter of the calling thread's network namespace.
+pub(crate) fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let mut lines = text.lines();
+    while let (Some(head), Some(vals)) = (lines.next(), lines.next()) {
+        if head.starts_with("TcpExt:") {
+            let i = head.split_whitespace().position(|h| h == name).unwrap();
+            return vals.split_whitespace().nth(i).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no TcpExt line");
+}
+
+/// Bytes queued for reading on a socket (`FIONREAD`).
+pub(crate) fn queued(s: &impl std::os::fd::AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    assert_eq!(
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) },
+        0
+    );
+    n as usize
+}
+
+/// Waits until `s` has at least `n` bytes queued.
+pub(crate) fn wait_queued(s: &impl std::os::fd::AsRawFd, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queued(s) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} bytes arrived",
+            queued(s)
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sets `SO_LINGER` to on with the given timeout.
+pub(crate) fn set_linger(s: &impl std::os::fd::AsRawFd, secs: i32) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: secs,
+    };
+    // SAFETY: valid option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// This process's `comm`, as the agent should report it.
+pub(crate) fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[derive(Default)]
+struct Shared {
+    by_netns: HashMap<u64, Vec<Value>>,
+    stderr: Vec<String>,
+    ready: bool,
+    exited: bool,
+}
+
+/// The agent as a child process. Events are parsed from its stdout and kept per netns.
+pub(crate) struct Agent {
+    child: Child,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+}
+
+impl Agent {
+    /// Starts `observer agent` with `args` and waits until it logs that it is ready.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(OBSERVER)
+            .arg("agent")
+            .args(args)
+            .env("OBSERVER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn observer agent");
+        let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let s = shared.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                let ns = v["netns"].as_u64().unwrap();
+                let (m, cv) = &*s;
+                m.lock().unwrap().by_netns.entry(ns).or_default().push(v);
+                cv.notify_all();
+            }
+        });
+        let s = shared.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let (m, cv) = &*s;
+                let mut g = m.lock().unwrap();
+                g.ready |= line.contains("agent ready");
+                g.stderr.push(line);
+                cv.notify_all();
+            }
+            let (m, cv) = &*s;
+            m.lock().unwrap().exited = true;
+            cv.notify_all();
+        });
+        let agent = Self { child, shared };
+        {
+            let (m, cv) = &*agent.shared;
+            let g = cv
+                .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(30), |g| {
+                    !g.ready && !g.exited
+                })
+                .unwrap()
+                .0;
+            assert!(
+                g.ready,
+                "agent did not become ready:\n{}",
+                g.stderr.join("\n")
+            );
+        }
+        agent
+    }
+
+    /// Waits until `netns` has `n` events (or `timeout` passes), then a further `settle` to catch
+    /// extras, and returns them all.
+    pub(crate) fn events(
+        &self,
+        netns: u64,
+        n: usize,
+        timeout: Duration,
+        settle: Duration,
+    ) -> Vec<Value> {
+        let (m, cv) = &*self.shared;
+        let g = cv
+            .wait_timeout_while(m.lock().unwrap(), timeout, |g| {
+                g.by_netns.get(&netns).map_or(0, Vec::len) < n
+            })
+            .unwrap()
+            .0;
+        drop(g);
+        thread::sleep(settle);
+        m.lock()
+            .unwrap()
+            .by_netns
+            .get(&netns)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status and everything it logged.
+    pub(crate) fn stop(mut self) -> (ExitStatus, String) {
+        let status = self.terminate();
+        let (m, cv) = &*self.shared;
+        let g = cv
+            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(10), |g| !g.exited)
+            .unwrap()
+            .0;
+        (status, g.stderr.join("\n"))
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// Standard `wait` for events: up to 10 s for the expected count, then 500 ms for extras.
+pub(crate) fn events(agent: &Agent, netns: u64, n: usize) -> Vec<Value> {
+    agent.events(
+        netns,
+        n,
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+    )
+}
+
+/// Only the events of `kind`.
+pub(crate) fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}
