@@ -91,8 +91,8 @@ pub struct PlanEntry {
     pub required: bool,
     /// The hook that was attached: (type, kernel target, program name).
     pub chosen: Option<(HookType, &'static str, &'static str)>,
-    /// Candidates that were tried and refused, with the kernel's answer.
-    pub refused: Vec<(HookType, &'static str, String)>,
+    /// What was tried and refused (`type target`), with the kernel's answer.
+    pub refused: Vec<(String, String)>,
 }
 
 /// Start-up failures of the probes, each naming what failed.
@@ -192,14 +192,12 @@ impl Probes {
     pub fn log_plan(&self) {
         for p in &self.plan {
             match p.chosen {
-                Some((ty, target, program)) => info!(
-                    purpose = p.purpose,
-                    hook = target,
-                    r#type = %ty,
-                    program,
-                    fallbacks_refused = p.refused.len(),
-                    "probe attached"
-                ),
+                Some((ty, target, program)) => {
+                    info!(purpose = p.purpose, hook = target, r#type = %ty, program, "probe attached");
+                    if !p.refused.is_empty() {
+                        warn!(purpose = p.purpose, r#type = %ty, refused = %p.refusals(), "probe attached through a fallback");
+                    }
+                }
                 None => {
                     warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable");
                 }
@@ -237,7 +235,7 @@ impl PlanEntry {
     pub fn refusals(&self) -> String {
         self.refused
             .iter()
-            .map(|(ty, target, e)| format!("{ty} {target}: {e}"))
+            .map(|(what, why)| format!("{what}: {why}"))
             .collect::<Vec<_>>()
             .join("; ")
     }

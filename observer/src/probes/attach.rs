@@ -94,11 +94,6 @@ pub(super) fn attach(
     };
     for ty in allowed {
         let Some(cand) = purpose.candidates.iter().find(|c| c.ty == *ty) else {
-            entry.refused.push((
-                *ty,
-                "-",
-                "this probe has no program of that type".to_owned(),
-            ));
             continue;
         };
         match try_one(ebpf, cand, btf, layout) {
@@ -108,9 +103,23 @@ pub(super) fn attach(
             }
             Err(e) => {
                 tracing::debug!(purpose = purpose.name, r#type = %cand.ty, hook = cand.target, error = %e, "hook refused");
-                entry.refused.push((cand.ty, cand.target, e));
+                entry
+                    .refused
+                    .push((format!("{} {}", cand.ty, cand.target), e));
             }
         }
+    }
+    if entry.chosen.is_none() && entry.refused.is_empty() {
+        let offered: Vec<&str> = purpose.candidates.iter().map(|c| c.ty.as_str()).collect();
+        let allowed: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
+        entry.refused.push((
+            "any".to_owned(),
+            format!(
+                "no allowed hook type ({}) has a program for it (it has {})",
+                allowed.join(", "),
+                offered.join(", ")
+            ),
+        ));
     }
     entry
 }
