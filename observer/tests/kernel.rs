@@ -3,6 +3,11 @@
 //! that namespace. They need root; without it they print why and pass, except under
 //! `OBSERVER_REQUIRE_BPF=1` (CI), where they fail.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, with the failing call in the backtrace"
+)]
+
 mod kernel {
     pub(crate) mod support;
 

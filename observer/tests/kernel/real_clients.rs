@@ -18,7 +18,7 @@ const BODY: usize = 8 << 20;
 struct HttpServer {
     child: Child,
     port: u16,
-    _dir: PathBuf,
+    dir: PathBuf,
 }
 
 impl HttpServer {
@@ -50,11 +50,7 @@ impl HttpServer {
             assert!(Instant::now() < deadline, "http.server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
+        Self { child, port, dir }
     }
 }
 
@@ -62,7 +58,7 @@ impl Drop for HttpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -11,6 +11,9 @@ use super::support::{
     Agent, events, in_netns, of_kind, own_comm, require_bpf, set_linger, tcp_ext, wait_queued,
 };
 
+/// The response the client in `client_reading_part_of_a_response_is_blamed_as_client` reads 100 bytes of.
+const RESPONSE: usize = 64 * 1024;
+
 /// Server accepts, receives `n` bytes, closes without reading; returns (server port, client port).
 fn server_closes_unread(addr: &str, n: usize) -> (u16, u16) {
     let l = TcpListener::bind(addr).unwrap();
@@ -78,7 +81,6 @@ fn client_reading_part_of_a_response_is_blamed_as_client() {
         return;
     }
     let agent = Agent::start(&[]);
-    const RESPONSE: usize = 64 * 1024;
     let (ns, cport, sport, pid) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let sport = l.local_addr().unwrap().port();
@@ -146,7 +148,7 @@ fn graceful_closes_report_nothing() {
         }
         // Unread data, but the peer already finished: FIN_WAIT2 -> TIME_WAIT hands the socket
         // over in softirq, and the later close sends no RST (the kernel counts no abort).
-        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         c.shutdown(Shutdown::Write).unwrap();
         s.write_all(&[5u8; 700]).unwrap();

@@ -48,11 +48,8 @@ static KEEP_NETNS: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
 pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce(u64) -> T + Send + 'static) -> T {
     thread::spawn(move || {
         // SAFETY: unshare only affects this thread.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "unshare(CLONE_NEWNET)"
-        );
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
         loopback_up();
         let ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
         let ino = ns.metadata().unwrap().ino();
@@ -101,10 +98,8 @@ pub(crate) fn tcp_ext(name: &str) -> u64 {
 pub(crate) fn queued(s: &impl std::os::fd::AsRawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
-    assert_eq!(
-        unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0);
     n as usize
 }
 
