@@ -84,16 +84,7 @@ fn curl_stopped_early_is_caught_with_its_pid() {
         let _ = curl.wait();
         (ns, curl.id(), server.port)
     });
-    let evs = events(&agent, ns, 1);
-    let e = evs
-        .iter()
-        .find(|e| e["pid"] == curl_pid)
-        .unwrap_or_else(|| panic!("no event for curl ({curl_pid}): {evs:#?}"));
-    assert_eq!(e["kind"], "rst_on_close");
-    assert_eq!(e["comm"], "curl");
-    assert_eq!(e["role"], "client");
-    assert_eq!(e["peer_port"], port);
-    assert!(e["unread_bytes"].as_u64().unwrap() > 0);
+    assert_client_blamed(&events(&agent, ns, 1), curl_pid, "curl", port);
 }
 
 #[test]
@@ -115,13 +106,16 @@ fn python_requests_closing_a_streamed_response_is_caught() {
         assert!(py.wait().unwrap().success(), "the requests script failed");
         (ns, py.id(), server.port)
     });
-    let evs = events(&agent, ns, 1);
-    let e = evs
-        .iter()
-        .find(|e| e["pid"] == py_pid)
-        .unwrap_or_else(|| panic!("no event for python ({py_pid}): {evs:#?}"));
+    assert_client_blamed(&events(&agent, ns, 1), py_pid, "python3", port);
+}
+
+/// Exactly one `rst_on_close` of the client process `pid` (`comm`) towards the server `port`.
+fn assert_client_blamed(evs: &[serde_json::Value], pid: u32, comm: &str, port: u16) {
+    let mine: Vec<_> = evs.iter().filter(|e| e["pid"] == pid).collect();
+    assert_eq!(mine.len(), 1, "one event for {comm} ({pid}): {evs:#?}");
+    let e = mine[0];
     assert_eq!(e["kind"], "rst_on_close");
-    assert_eq!(e["comm"], "python3");
+    assert_eq!(e["comm"], comm);
     assert_eq!(e["role"], "client");
     assert_eq!(e["peer_port"], port);
     assert!(e["unread_bytes"].as_u64().unwrap() > 0);
