@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 pub(crate) fn run() -> Result<()> {
     nightly()?;
-    rust_src()?;
+    components()?;
     bpf_linker()?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -29,7 +29,8 @@ fn nightly() -> Result<()> {
     status(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))
 }
 
-fn rust_src() -> Result<()> {
+/// `rust-src` to build `core` for the BPF target; rustfmt and clippy for `cargo xtask test`.
+fn components() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
@@ -38,15 +39,23 @@ fn rust_src() -> Result<()> {
         NIGHTLY,
     ]))
     .unwrap_or_default();
-    if installed.lines().any(|l| l.trim() == "rust-src") {
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !has_component(&installed, c))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+    status(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", NIGHTLY])
+            .args(&missing),
+    )
 }
 
 fn bpf_linker() -> Result<()> {
     let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if version.split_whitespace().any(|w| w == BPF_LINKER_VERSION) {
+    if is_version(&version, BPF_LINKER_VERSION) {
         return Ok(());
     }
     if !version.is_empty() {
@@ -63,4 +72,41 @@ fn bpf_linker() -> Result<()> {
         "--locked",
         "--force",
     ]))
+}
+
+/// Whether `--version` output names exactly `want` (`bpf-linker 0.10.4`, not `0.10.40`).
+fn is_version(output: &str, want: &str) -> bool {
+    output.split_whitespace().any(|w| w == want)
+}
+
+/// Whether `component` is in `rustup component list --installed` output (`rust-src`, or
+/// `clippy-x86_64-unknown-linux-gnu` for `clippy`).
+fn has_component(installed: &str, component: &str) -> bool {
+    installed.lines().map(str::trim).any(|l| {
+        l == component
+            || l.strip_prefix(component)
+                .is_some_and(|rest| rest.starts_with('-'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_linker_version_must_match_exactly() {
+        assert!(is_version("bpf-linker 0.10.4\n", "0.10.4"));
+        assert!(!is_version("bpf-linker 0.10.40\n", "0.10.4"));
+        assert!(!is_version("bpf-linker 0.11.0\n", "0.10.4"));
+        assert!(!is_version("", "0.10.4"));
+    }
+
+    #[test]
+    fn components_are_found_with_or_without_target_suffix() {
+        let list = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrust-src\n";
+        assert!(has_component(list, "rust-src"));
+        assert!(has_component(list, "clippy"));
+        assert!(!has_component(list, "rustfmt"));
+        assert!(!has_component("rust-src-extra\n", "rust-srcx"));
+    }
 }
