@@ -14,6 +14,8 @@ pub enum Kind {
     RstOnClose = 1,
     /// The owner closed with `SO_LINGER` timeout 0 and nothing unread: a deliberate abort.
     LingerAbort = 2,
+    /// A socket reported as a CLOSE_WAIT leak (or found in CLOSE_WAIT at start-up) left it.
+    CloseWaitResolved = 3,
 }
 
 /// Which side opened the connection, as observer saw it.
@@ -77,8 +79,13 @@ pub struct RawEvent {
     pub old_state: u8,
     /// Explicit padding.
     pub _pad: [u8; 7],
+    /// `close_wait_resolved`: time spent in CLOSE_WAIT, 0 when the entry was not known (the
+    /// socket was in CLOSE_WAIT before the programs were attached).
+    pub close_wait_ns: u64,
+    /// CLOCK_MONOTONIC time of the owner's last consuming read, 0 if none was seen.
+    pub last_read_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<RawEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<RawEvent>() == 144);
 
 /// Per-socket state, recorded when the owner touches the socket in process context (48 bytes).
 #[repr(C)]
@@ -115,11 +122,15 @@ pub enum Stat {
     SocksFull = 3,
     /// Kernel memory reads that failed (`bpf_probe_read_kernel`).
     ReadFailed = 4,
+    /// `close_wait_resolved` events lost because the ring buffer was full.
+    LostCloseWaitResolved = 5,
+    /// Sockets not tracked in CLOSE_WAIT because the `CLOSE_WAIT` map was full.
+    CloseWaitFull = 6,
 }
 
 impl Stat {
     /// Number of counters in `STATS`.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::LostRstOnClose,
@@ -127,6 +138,8 @@ impl Stat {
         Self::PendingFull,
         Self::SocksFull,
         Self::ReadFailed,
+        Self::LostCloseWaitResolved,
+        Self::CloseWaitFull,
     ];
 
     /// The ring-buffer drop counter for events of `kind`.
@@ -134,15 +147,78 @@ impl Stat {
         match kind {
             Kind::RstOnClose => Self::LostRstOnClose,
             Kind::LingerAbort => Self::LostLingerAbort,
+            Kind::CloseWaitResolved => Self::LostCloseWaitResolved,
         }
     }
 }
 
-/// Bits of `FLAGS[0]`, written by userspace once the attach plan is known.
-pub struct Flags;
+/// Indexes and bits of the `CONFIG` array (`u32` values), written by userspace before the
+/// required hook is attached.
+pub struct Config;
 
-impl Flags {
-    /// `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is destroyed,
-    /// so the RST reason traced in between can be added. Without it, emit at the state change.
+impl Config {
+    /// Index of the flag bits.
+    pub const FLAGS: u32 = 0;
+    /// Number of entries.
+    pub const LEN: u32 = 1;
+    /// Flag: `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is
+    /// destroyed, so the RST reason traced in between can be added. Without it, emit at the
+    /// state change.
     pub const EMIT_AT_DESTROY: u32 = 1;
+}
+
+/// `CloseWaitEntry::flags`: userspace reported the leak; leaving CLOSE_WAIT emits
+/// `close_wait_resolved`.
+pub const CW_REPORTED: u8 = 1;
+
+/// A socket in CLOSE_WAIT (120 bytes). Inserted by the programs when the peer's FIN moves the
+/// socket to CLOSE_WAIT; updated when the owner reads; deleted when it leaves CLOSE_WAIT.
+/// The map is pinned: an entry outlives an agent restart, so `entered_ns` stays true.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseWaitEntry {
+    /// CLOCK_MONOTONIC time the socket entered CLOSE_WAIT.
+    pub entered_ns: u64,
+    /// CLOCK_MONOTONIC time of `-> ESTABLISHED`, 0 if not seen.
+    pub established_ns: u64,
+    /// CLOCK_MONOTONIC time of the owner's last consuming read, 0 if none was seen.
+    pub last_read_ns: u64,
+    /// Owner's cgroup v2 id (0 while unknown).
+    pub cgroup_id: u64,
+    /// `tcp_sock.bytes_received` at entry (final: nothing arrives after the FIN).
+    pub bytes_received: u64,
+    /// Inode number of the socket's file (0 before `accept()`), to find an unknown owner.
+    pub inode: u64,
+    /// Local address, network byte order.
+    pub saddr: [u8; 16],
+    /// Peer address, network byte order.
+    pub daddr: [u8; 16],
+    /// Owner's `comm` (empty while unknown).
+    pub comm: [u8; 16],
+    /// `tcp_sock.rcv_nxt` at entry (it counts the FIN).
+    pub rcv_nxt: u32,
+    /// `tcp_sock.copied_seq`, at entry and after each read.
+    pub copied_seq: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Owner's thread-group id, 0 while unknown (an accepted socket never read).
+    pub pid: u32,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Peer port, host byte order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// [`Role`] as `u8`.
+    pub role: u8,
+    /// [`CW_REPORTED`] and future bits.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<CloseWaitEntry>() == 120);
+
+impl CloseWaitEntry {
+    /// Bytes the owner has not read, the FIN excluded.
+    pub const fn unread(&self) -> u32 {
+        crate::tcp::unread_bytes(self.rcv_nxt, self.copied_seq, true)
+    }
 }

@@ -61,6 +61,14 @@ pub struct Offsets {
     pub flag_linger: u32,
     /// Whether the BTF tracepoint `tcp_send_reset` has a third argument, the reason (1) or not (0).
     pub btf_reset_has_reason: u32,
+    /// `sock_common.skc_state` (u8).
+    pub skc_state: u32,
+    /// `sock.sk_socket` (a pointer to `struct socket`).
+    pub sk_socket: u32,
+    /// `socket_alloc.vfs_inode` minus `socket_alloc.socket`: from a `struct socket *` to its inode.
+    pub socket_inode: u32,
+    /// `inode.i_ino` (unsigned long).
+    pub inode_ino: u32,
     /// `task_struct.group_leader` (a pointer).
     pub task_group_leader: u32,
     /// `task_struct.comm` (16 bytes).
@@ -86,4 +94,4 @@ pub struct Offsets {
     /// `tcp/tcp_destroy_sock`: `skaddr`.
     pub tp_destroy_skaddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 34 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4);

@@ -15,8 +15,11 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU counters indexed by [`crate::event::Stat`].
     pub const STATS: &str = "STATS";
-    /// Runtime switches set by userspace after the attach plan is known ([`crate::event::Flags`]).
-    pub const FLAGS: &str = "FLAGS";
+    /// Runtime settings written by userspace before the required hook is attached
+    /// ([`crate::event::Config`] indexes).
+    pub const CONFIG: &str = "CONFIG";
+    /// Sockets in CLOSE_WAIT (pinned, so a restarted agent keeps their entry times).
+    pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
     /// Aborts seen at the state change, completed by the reset and emitted at destroy.

@@ -14,6 +14,7 @@ pub(crate) fn event<C: EbpfContext>(ctx: &C, ev: &RawEvent) {
     if EVENTS.output::<RawEvent>(ev, 0).is_err() {
         let stat = match ev.kind {
             k if k == Kind::LingerAbort as u8 => Stat::lost(Kind::LingerAbort),
+            k if k == Kind::CloseWaitResolved as u8 => Stat::lost(Kind::CloseWaitResolved),
             _ => Stat::lost(Kind::RstOnClose),
         };
         count(ctx, stat);
@@ -38,6 +39,8 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
             Stat::PendingFull => "PENDING map full, aborts lost",
             Stat::SocksFull => "SOCKS map refused an insert, sockets untracked",
             Stat::ReadFailed => "kernel memory read failed",
+            Stat::LostCloseWaitResolved => "ring buffer full, close_wait_resolved events lost",
+            Stat::CloseWaitFull => "CLOSE_WAIT map full, sockets untracked",
         };
         warn!(ctx, "{} (now {} on this cpu)", what, n);
     }

@@ -5,6 +5,7 @@
 //! * `maps` — every map and the `OFFSETS` global, each with its lifecycle.
 //! * `sock` — reads kernel socket fields at offsets resolved from BTF by userspace.
 //! * `emit` — ring-buffer output and the per-CPU drop counters.
+//! * `close_wait` — CLOSE_WAIT entries, reads while in it, and the end of a reported leak.
 //! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
 //! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.
 //! * `tcp_destroy` — `tcp:tcp_destroy_sock`: emits pending aborts, forgets the socket.
@@ -23,6 +24,7 @@
     reason = "aya's program macros hand each entry point its context by value"
 )]
 
+mod close_wait;
 mod emit;
 mod maps;
 mod sock;

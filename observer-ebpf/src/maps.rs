@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    event::{RawEvent, SockState, Stat},
+    event::{CloseWaitEntry, Config, RawEvent, SockState, Stat},
     layout::Offsets,
 };
 
@@ -41,10 +41,23 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
-/// Runtime switches (`Flags`). Written: the agent, after attaching the optional hooks and
-/// before the required one. Read: `sock_state`.
+/// Runtime settings (`Config` indexes). Written: the agent, after attaching the optional hooks
+/// and before the required one. Read: `sock_state`, `close_wait`.
 #[map]
-pub(crate) static FLAGS: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(Config::LEN, 0);
+
+/// sk -> socket in CLOSE_WAIT. Inserted: `close_wait::enter` (`-> CLOSE_WAIT`, softirq).
+/// Updated: `close_wait::on_read` (owner reads), the agent (sets `CW_REPORTED`). Deleted:
+/// `close_wait::leave` (`CLOSE_WAIT -> LAST_ACK | CLOSE`), the agent (reconciling entries whose
+/// socket left while no agent ran). Read: the agent, every scan. Pinned by name under the
+/// agent's pin directory, so a restarted agent keeps every entry time. Not LRU: a full map is
+/// counted (`CloseWaitFull`), never a silent eviction; entries are allocated as needed.
+#[map]
+pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> =
+    HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,

@@ -48,26 +48,40 @@ impl Sock {
         Ok(protocol == IPPROTO_TCP)
     }
 
-    /// Fills the addresses, ports, family and network namespace of `ev`.
+    /// Addresses, ports, family and network namespace.
     #[inline(always)]
-    pub(crate) fn fill_endpoints(self, ev: &mut RawEvent) -> Result<(), i32> {
+    pub(crate) fn endpoints(self) -> Result<Endpoints, i32> {
         let family: u16 = self.read(off!(skc_family))?;
-        ev.family = family;
+        let mut e = Endpoints {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            netns: self.netns()?,
+            // At `-> CLOSE` the socket is already unhashed and `skc_num` reads 0: take the
+            // local port from `inet_sport`.
+            sport: u16::from_be(self.read(off!(inet_sport))?),
+            dport: u16::from_be(self.read(off!(skc_dport))?),
+            family,
+        };
         if family == AF_INET6 {
-            ev.saddr = self.read(off!(skc_v6_rcv_saddr))?;
-            ev.daddr = self.read(off!(skc_v6_daddr))?;
+            e.saddr = self.read(off!(skc_v6_rcv_saddr))?;
+            e.daddr = self.read(off!(skc_v6_daddr))?;
         } else {
             let s: [u8; 4] = self.read(off!(skc_rcv_saddr))?;
             let d: [u8; 4] = self.read(off!(skc_daddr))?;
-            ev.saddr[..4].copy_from_slice(&s);
-            ev.daddr[..4].copy_from_slice(&d);
+            e.saddr[..4].copy_from_slice(&s);
+            e.daddr[..4].copy_from_slice(&d);
         }
-        // At `-> CLOSE` the socket is already unhashed and `skc_num` reads 0: take the local
-        // port from `inet_sport`.
-        ev.sport = u16::from_be(self.read(off!(inet_sport))?);
-        ev.dport = u16::from_be(self.read(off!(skc_dport))?);
-        ev.netns = self.netns()?;
-        Ok(())
+        Ok(e)
+    }
+
+    /// Inode number of the socket's file, 0 when it has none yet (not accepted).
+    #[inline(always)]
+    pub(crate) fn inode(self) -> Result<u64, i32> {
+        let socket: *const u8 = self.read(off!(sk_socket))?;
+        if socket.is_null() {
+            return Ok(0);
+        }
+        Sock(socket).read(off!(socket_inode) + off!(inode_ino))
     }
 
     /// Inode number of the socket's network namespace.
@@ -88,6 +102,29 @@ impl Sock {
             self.read(sent_off)?
         };
         Ok((received, sent))
+    }
+}
+
+/// Both ends of a connection, as the events carry them.
+pub(crate) struct Endpoints {
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) netns: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) family: u16,
+}
+
+impl Endpoints {
+    /// Copies the endpoints into an event.
+    #[inline(always)]
+    pub(crate) fn fill_event(&self, ev: &mut RawEvent) {
+        ev.saddr = self.saddr;
+        ev.daddr = self.daddr;
+        ev.netns = self.netns;
+        ev.sport = self.sport;
+        ev.dport = self.dport;
+        ev.family = self.family;
     }
 }
 

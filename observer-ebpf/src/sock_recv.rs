@@ -13,10 +13,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, kprobe, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
-use observer_common::{event::Stat, tcp::MSG_PEEK};
+use observer_common::{
+    event::Stat,
+    tcp::{CLOSE_WAIT, MSG_PEEK},
+};
 
 use crate::{
-    emit,
+    close_wait, emit,
     maps::SOCKS,
     off,
     sock::{Sock, current_pid, set_owner},
@@ -78,6 +81,12 @@ fn run<C: EbpfContext>(ctx: &C, sk: Sock, ret: i32, flags: i32) -> i32 {
     } else {
         0
     };
+    if let Ok(state) = sk.read::<u8>(off!(skc_state))
+        && i32::from(state) == CLOSE_WAIT
+        && close_wait::on_read(sk, pid, consumed_at).is_err()
+    {
+        emit::count(ctx, Stat::ReadFailed);
+    }
     match SOCKS.get_ptr_mut(sk.key()) {
         // SAFETY: LRU entry pointer, valid for this program run.
         Some(st) => unsafe {

@@ -25,13 +25,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    event::{Flags, Kind, NO_RST_REASON, RawEvent, Role, SockState, Stat},
+    event::{Config, Kind, NO_RST_REASON, RawEvent, Role, SockState, Stat},
     tcp,
 };
 
 use crate::{
-    emit,
-    maps::{FLAGS, PENDING, SOCKS},
+    close_wait, emit,
+    maps::{CONFIG, PENDING, SOCKS},
     off,
     sock::{Sock, current_pid, set_owner},
 };
@@ -86,6 +86,9 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
     if !sk.is_tcp()? {
         return Ok(());
     }
+    if old == tcp::CLOSE_WAIT {
+        close_wait::leave(ctx, sk, new)?;
+    }
     match new {
         tcp::SYN_SENT => {
             let mut st = fresh(Role::Client);
@@ -103,6 +106,7 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
                 insert(ctx, sk, &st);
             }
         }
+        tcp::CLOSE_WAIT => close_wait::enter(ctx, sk)?,
         tcp::FIN_WAIT1 | tcp::LAST_ACK => {
             let pid = current_pid();
             if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
@@ -124,7 +128,9 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
 }
 
 /// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it.
-#[inline(always)]
+/// Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
+/// functions on exclusive branches they never share the 512-byte stack.
+#[inline(never)]
 fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
     if !tcp::abortable(old, false) {
         return Ok(());
@@ -176,6 +182,8 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
         role: Role::Unknown as u8,
         old_state: old as u8,
         _pad: [0; 7],
+        close_wait_ns: 0,
+        last_read_ns: 0,
     };
     // This runs in the closing task: it is the owner, whatever was recorded before.
     let mut owner = fresh(Role::Unknown);
@@ -186,14 +194,15 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
     // SAFETY: LRU entry, copied out at once.
     if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
         ev.established_ns = st.established_ns;
+        ev.last_read_ns = st.last_read_ns;
         ev.role = st.role;
     }
     (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
-    sk.fill_endpoints(&mut ev)?;
+    sk.endpoints()?.fill_event(&mut ev);
 
-    let at_destroy = FLAGS
-        .get(0)
-        .is_some_and(|f| f & Flags::EMIT_AT_DESTROY != 0);
+    let at_destroy = CONFIG
+        .get(Config::FLAGS)
+        .is_some_and(|f| f & Config::EMIT_AT_DESTROY != 0);
     if at_destroy {
         if PENDING.insert(sk.key(), ev, 0).is_err() {
             emit::count(ctx, Stat::PendingFull);
@@ -205,7 +214,7 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
 }
 
 #[inline(always)]
-fn fresh(role: Role) -> SockState {
+pub(crate) fn fresh(role: Role) -> SockState {
     SockState {
         established_ns: 0,
         last_read_ns: 0,

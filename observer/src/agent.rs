@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::{
     btf::Btf,
+    close_wait::{self, Tracker},
     config::AgentArgs,
     events::{decode::Decoder, reader},
     host,
@@ -37,23 +38,29 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     let layout = prepare(&args.probes)?;
-    let mut probes = Probes::load(&layout, &args.probes.btf, &args.probes.hook_types)?;
+    let mut probes = Probes::load(&layout, &args.probes)?;
     probes.log_plan();
     let ring = probes.take_events()?;
     if let Some(logger) = probes.take_logger() {
         tokio::spawn(diagnostics(logger));
     }
 
+    let close_wait_map = probes.take_close_wait()?;
+
     let counters = Arc::new(reader::Counters::default());
+    let decoder = Decoder::new(&layout);
+    let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = Tracker::new(close_wait_map, args.close_wait_threshold, decoder.clone());
     let reader = tokio::spawn(reader::run(
         ring,
-        Decoder::new(&layout),
-        tx,
+        decoder,
+        raw_tx,
         counters.clone(),
         stop_rx,
     ));
+    let tracker = tokio::spawn(close_wait::run(tracker, raw_rx, tx));
     let writer = tokio::spawn(output::run(rx, args.log_events, tokio::io::stdout()));
     info!(kernel = %host::kernel_release(), "agent ready");
 
@@ -70,6 +77,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     drop(probes);
     let _ = stop_tx.send(true);
     reader.await.context("reader task")??;
+    tracker.await.context("close_wait task")?;
     writer.await.context("writer task")??;
     info!("stopped");
     Ok(())

@@ -22,7 +22,7 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
             "unavailable (classic tracepoint fallbacks disabled)"
         }
     );
-    let probes = match Probes::load(&layout, &args.btf, &args.hook_types) {
+    let probes = match Probes::load(&layout, args) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(out, "FAIL: {e}");

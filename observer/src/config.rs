@@ -49,6 +49,16 @@ pub struct ProbeArgs {
         default_value = "tp_btf,raw_tracepoint,tracepoint,kprobe"
     )]
     pub hook_types: Vec<HookType>,
+
+    /// Directory on bpffs where maps that must outlive the agent are pinned (the CLOSE_WAIT
+    /// table): a restarted agent finds them there with every socket's true entry time.
+    #[arg(
+        long,
+        env = "OBSERVER_PIN_DIR",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/observer"
+    )]
+    pub pin_dir: PathBuf,
 }
 
 /// Flags of `observer agent`.
@@ -66,6 +76,16 @@ pub struct AgentArgs {
         default_value = "stdout"
     )]
     pub log_events: LogEvents,
+
+    /// A socket in CLOSE_WAIT longer than this is reported as a leak (`500ms`, `30s`, `5m`).
+    #[arg(
+        long,
+        env = "OBSERVER_CLOSE_WAIT_THRESHOLD",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub close_wait_threshold: std::time::Duration,
 }
 
 /// A flag value that parsed but makes no sense.
@@ -77,6 +97,20 @@ pub enum Error {
     /// `--hook-types` is empty.
     #[error("invalid --hook-types: list at least one hook type")]
     NoHookType,
+    /// `--close-wait-threshold` is zero.
+    #[error("invalid --close-wait-threshold: it must be longer than 0s")]
+    ZeroThreshold,
+}
+
+impl AgentArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.probes.validate()?;
+        if self.close_wait_threshold.is_zero() {
+            return Err(Error::ZeroThreshold);
+        }
+        Ok(())
+    }
 }
 
 impl ProbeArgs {
@@ -109,7 +143,9 @@ mod tests {
         };
         assert_eq!(a.probes.hook_types, HookType::ALL);
         assert_eq!(a.log_events, LogEvents::Stdout);
-        assert!(a.probes.validate().is_ok());
+        assert_eq!(a.close_wait_threshold, std::time::Duration::from_secs(30));
+        assert_eq!(a.probes.pin_dir, PathBuf::from("/sys/fs/bpf/observer"));
+        assert!(a.validate().is_ok());
     }
 
     #[test]
@@ -122,6 +158,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid value 'file'"), "{e}");
+        let e = parse(&["agent", "--close-wait-threshold", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value 'soon' for '--close-wait-threshold"),
+            "{e}"
+        );
+        let Command::Agent(a) = parse(&["agent", "--close-wait-threshold", "0s"])
+            .unwrap()
+            .command
+        else {
+            panic!("not agent")
+        };
+        assert_eq!(
+            a.validate().unwrap_err().to_string(),
+            "invalid --close-wait-threshold: it must be longer than 0s"
+        );
         let Command::Check(p) = parse(&["check", "--hook-types", "tracepoint,tracepoint"])
             .unwrap()
             .command

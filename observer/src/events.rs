@@ -19,6 +19,11 @@ pub enum Kind {
     RstOnClose,
     /// The owner closed with `SO_LINGER` 0: a deliberate abort.
     LingerAbort,
+    /// A socket has stayed in CLOSE_WAIT longer than the threshold: the peer closed, the owner
+    /// has not.
+    CloseWaitLeak,
+    /// A socket reported as a CLOSE_WAIT leak was finally closed.
+    CloseWaitResolved,
 }
 
 /// Which side opened the connection.
@@ -33,10 +38,21 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// From the programs' `observer_common::event::Role` byte.
+    pub fn from_wire(raw: u8) -> Self {
+        match observer_common::event::Role::from(raw) {
+            observer_common::event::Role::Client => Self::Client,
+            observer_common::event::Role::Server => Self::Server,
+            observer_common::event::Role::Unknown => Self::Unknown,
+        }
+    }
+}
+
 /// One event, as every output shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// Increasing per agent run.
+    /// Increasing per agent run; set by the writer (0 until then).
     pub id: u64,
     /// RFC 3339, UTC, nanoseconds.
     pub ts: String,
@@ -76,8 +92,11 @@ pub struct Event {
     pub bytes_sent: Option<u64>,
     /// Time in CLOSE_WAIT (CLOSE_WAIT events only).
     pub close_wait_ms: Option<u64>,
-    /// Time since the owner last read (CLOSE_WAIT events only).
+    /// Time since the owner last read (CLOSE_WAIT events only; null if it never read).
     pub last_read_ms_ago: Option<u64>,
+    /// CLOSE_WAIT events: true when the socket was already in CLOSE_WAIT when observer found
+    /// it, so `close_wait_ms` counts from then and the real time is at least that.
+    pub close_wait_lower_bound: Option<bool>,
     /// The kernel's RST reason, where it reports one.
     pub rst_reason: Option<String>,
     /// One plain-language sentence on the likely cause.
@@ -100,6 +119,45 @@ pub fn hint(kind: Kind, role: Role, unread: u32) -> String {
         Kind::LingerAbort => {
             "closed with SO_LINGER timeout 0: a deliberate abort (RST), not unread data".to_owned()
         }
+        Kind::CloseWaitLeak | Kind::CloseWaitResolved => String::new(),
+    }
+}
+
+/// The hint for a CLOSE_WAIT leak: how long, whether the owner reads, what it holds.
+pub fn close_wait_hint(close_wait_ms: u64, last_read_ms_ago: Option<u64>, unread: u32) -> String {
+    let since = human(close_wait_ms);
+    let reads = match last_read_ms_ago {
+        Some(ms) => format!("the owner has not read for {}", human(ms)),
+        None => "the owner never read it".to_owned(),
+    };
+    if unread > 0 {
+        format!(
+            "peer closed {since} ago; {reads} and holds {unread} unread bytes: the reader may be blocked (a pool or handler deadlock)"
+        )
+    } else {
+        format!(
+            "peer closed {since} ago and the owner has not closed its end; {reads}: a connection pool or handler is holding a dead connection"
+        )
+    }
+}
+
+/// The hint for the end of a CLOSE_WAIT leak.
+pub fn close_wait_resolved_hint(close_wait_ms: u64, lower_bound: bool) -> String {
+    let at_least = if lower_bound { "at least " } else { "" };
+    format!(
+        "closed by its owner after {at_least}{} in CLOSE_WAIT",
+        human(close_wait_ms)
+    )
+}
+
+/// A duration as people say it: `850ms`, `42s`, `2m 5s`, `3h 20m`.
+pub fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -115,5 +173,22 @@ mod tests {
         );
         assert!(hint(Kind::RstOnClose, Role::Server, 5).contains("the request was not fully read"));
         assert!(hint(Kind::LingerAbort, Role::Unknown, 0).contains("SO_LINGER"));
+    }
+
+    #[test]
+    fn close_wait_hints_say_how_long_and_what_is_held() {
+        assert_eq!(
+            close_wait_hint(120_000, Some(125_000), 4096),
+            "peer closed 2m 0s ago; the owner has not read for 2m 5s and holds 4096 unread bytes: the reader may be blocked (a pool or handler deadlock)"
+        );
+        assert_eq!(
+            close_wait_hint(31_000, None, 0),
+            "peer closed 31s ago and the owner has not closed its end; the owner never read it: a connection pool or handler is holding a dead connection"
+        );
+        assert_eq!(
+            close_wait_resolved_hint(7_200_000, true),
+            "closed by its owner after at least 2h 0m in CLOSE_WAIT"
+        );
+        assert_eq!(human(850), "850ms");
     }
 }

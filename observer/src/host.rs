@@ -78,3 +78,69 @@ pub fn tracefs() -> Option<PathBuf> {
     }
     None
 }
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// bpffs is not usable for pinning.
+#[derive(Debug, thiserror::Error)]
+#[error("pin directory {dir}: {why}")]
+pub struct PinDirError {
+    dir: String,
+    why: String,
+}
+
+/// Makes `dir` a directory on bpffs, mounting bpffs on its parent when that is a plain
+/// directory (as `/sys/fs/bpf` is on hosts that do not mount it).
+pub fn pin_dir(dir: &Path) -> Result<(), PinDirError> {
+    let err = |why: String| PinDirError {
+        dir: dir.display().to_string(),
+        why,
+    };
+    let parent = dir
+        .parent()
+        .ok_or_else(|| err("has no parent directory".to_owned()))?;
+    if !is_bpffs(parent) {
+        let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+            .map_err(|_| err("path contains NUL".to_owned()))?;
+        // SAFETY: NUL-terminated strings; mount(2) has no other memory preconditions.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(format!(
+                "{} is not on bpffs and mounting bpffs there failed: {}",
+                parent.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        tracing::info!(path = %parent.display(), "mounted bpffs");
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    if !is_bpffs(dir) {
+        return Err(err("is not on bpffs".to_owned()));
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated path and a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 here but not on every architecture"
+    )]
+    let fs_type = i64::from(st.f_type);
+    rc == 0 && fs_type == BPF_FS_MAGIC
+}

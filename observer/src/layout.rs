@@ -44,6 +44,7 @@ impl Layout {
             ("inet_sock", "sk", "sock"),
             ("inet_connection_sock", "icsk_inet", "inet_sock"),
             ("tcp_sock", "inet_conn", "inet_connection_sock"),
+            ("socket_alloc", "socket", "socket"),
         ] {
             if btf.field(outer, first)?.offset != 0 {
                 return Err(Error::NotFirst(outer, inner));
@@ -77,6 +78,10 @@ impl Layout {
             // Added in 5.5: optional, reported as null where absent.
             tcp_bytes_sent: f("tcp_sock", "bytes_sent", 8).unwrap_or(ABSENT),
             net_inum: f("net", "ns.inum", 4)?,
+            skc_state: f("sock_common", "skc_state", 1)?,
+            sk_socket: f("sock", "sk_socket", 8)?,
+            socket_inode: btf.field("socket_alloc", "vfs_inode")?.offset,
+            inode_ino: f("inode", "i_ino", 8)?,
             task_group_leader: f("task_struct", "group_leader", 8)?,
             task_comm: f("task_struct", "comm", 16)?,
             flag_dead: flag("SOCK_DEAD")?,
@@ -131,6 +136,10 @@ impl Layout {
             ("sock_common.skc_flags", o.sk_flags),
             ("sock.sk_lingertime", o.sk_lingertime),
             ("inet_sock.inet_sport", o.inet_sport),
+            ("sock_common.skc_state", o.skc_state),
+            ("sock.sk_socket", o.sk_socket),
+            ("socket_alloc.vfs_inode", o.socket_inode),
+            ("inode.i_ino", o.inode_ino),
             ("tcp_sock.rcv_nxt", o.tcp_rcv_nxt),
             ("tcp_sock.copied_seq", o.tcp_copied_seq),
             ("tcp_sock.bytes_received", o.tcp_bytes_received),

@@ -9,15 +9,18 @@
 //! * [`host`] — privileges, kernel release, tracefs.
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
+//! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
 //! * [`output`] — the JSON-lines event log.
 //! * [`agent`] / [`check`] — the `observer agent` and `observer check` commands.
 //! * [`shutdown`] — SIGINT and SIGTERM.
 //!
-//! Data flow: `probes` → `events::reader` → bounded `mpsc` → `output`.
+//! Data flow: `probes` → `events::reader` → bounded `mpsc` → `close_wait` (one task, adds leak
+//! events) → bounded `mpsc` → `output`.
 
 pub mod agent;
 pub mod btf;
 pub mod check;
+pub mod close_wait;
 pub mod config;
 pub mod events;
 pub mod host;

@@ -25,11 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let probe_args = match &cli.command {
-        Command::Agent(a) => &a.probes,
-        Command::Check(p) => p,
+    let valid = match &cli.command {
+        Command::Agent(a) => a.validate(),
+        Command::Check(p) => p.validate(),
     };
-    if let Err(e) = probe_args.validate() {
+    if let Err(e) = valid {
         eprintln!("observer: {e}");
         return ExitCode::from(EXIT_USAGE);
     }

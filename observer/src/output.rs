@@ -17,16 +17,19 @@ pub enum LogEvents {
     None,
 }
 
-/// Writes every event from `rx` to `out` until the channel closes.
+/// Numbers and writes every event from `rx` to `out` until the channel closes.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Event>,
     mode: LogEvents,
     mut out: W,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut next_id = 1u64;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(ev) = next {
+        while let Some(mut ev) = next {
+            ev.id = next_id;
+            next_id += 1;
             if mode == LogEvents::Stdout {
                 serde_json::to_writer(&mut buf, &ev).map_err(std::io::Error::other)?;
                 buf.push(b'\n');

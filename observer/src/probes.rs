@@ -10,15 +10,15 @@
 //! Optional hooks are attached first, then `FLAGS` is written, then the required hook: so the
 //! programs never run with switches that do not match the plan.
 
-use std::{fmt, path::Path, str::FromStr};
+use std::{fmt, str::FromStr};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
 };
 use observer_common::{
     OFFSETS_GLOBAL,
-    event::{Flags, Stat},
+    event::{CloseWaitEntry, Config, Stat},
     maps,
 };
 use tracing::{info, warn};
@@ -130,6 +130,9 @@ pub enum Error {
     /// A map the programs define is missing.
     #[error("map {0} not found in the eBPF object")]
     MissingMap(&'static str),
+    /// bpffs or the pin directory is not usable.
+    #[error(transparent)]
+    PinDir(#[from] crate::host::PinDirError),
 }
 
 /// The loaded programs and their links. Dropping it detaches everything.
@@ -142,7 +145,9 @@ pub struct Probes {
 impl Probes {
     /// Loads the object with `layout`'s offsets and attaches one hook per purpose, trying only
     /// `allowed` hook types, in that order.
-    pub fn load(layout: &Layout, btf_path: &Path, allowed: &[HookType]) -> Result<Self, Error> {
+    pub fn load(layout: &Layout, args: &crate::config::ProbeArgs) -> Result<Self, Error> {
+        let (btf_path, allowed) = (args.btf.as_path(), args.hook_types.as_slice());
+        crate::host::pin_dir(&args.pin_dir)?;
         let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
             Error::Btf {
                 path: btf_path.display().to_string(),
@@ -151,6 +156,7 @@ impl Probes {
         })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .default_map_pin_directory(&args.pin_dir)
             .override_global(OFFSETS_GLOBAL, &layout.offsets, true)
             .load(OBJECT)?;
         let mut plan = Vec::new();
@@ -160,12 +166,14 @@ impl Probes {
         let destroy = plan
             .iter()
             .any(|p| p.purpose == "destroy" && p.chosen.is_some());
-        let mut flags: Array<_, u32> = take(&mut ebpf, maps::FLAGS)?;
-        let bits = if destroy { Flags::EMIT_AT_DESTROY } else { 0 };
-        flags.set(0, bits, 0).map_err(|source| Error::Map {
-            name: maps::FLAGS,
-            source,
-        })?;
+        let mut config: Array<_, u32> = take(&mut ebpf, maps::CONFIG)?;
+        let bits = if destroy { Config::EMIT_AT_DESTROY } else { 0 };
+        config
+            .set(Config::FLAGS, bits, 0)
+            .map_err(|source| Error::Map {
+                name: maps::CONFIG,
+                source,
+            })?;
         let state = attach::attach(&mut ebpf, &attach::REQUIRED, &btf, layout, allowed);
         let failed = state.chosen.is_none().then(|| state.refusals());
         plan.push(state);
@@ -208,6 +216,11 @@ impl Probes {
     /// Takes the events ring buffer, for the reader task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
         take(&mut self.ebpf, maps::EVENTS)
+    }
+
+    /// Takes the pinned CLOSE_WAIT table, for the tracker.
+    pub fn take_close_wait(&mut self) -> Result<HashMap<MapData, u64, CloseWaitEntry>, Error> {
+        take(&mut self.ebpf, maps::CLOSE_WAIT)
     }
 
     /// Takes the aya-log ring buffer reader, if the object has one.
@@ -257,5 +270,7 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::PendingFull => "pending_map_full",
         Stat::SocksFull => "socks_map_full",
         Stat::ReadFailed => "kernel_read_failed",
+        Stat::LostCloseWaitResolved => "ringbuf_full_close_wait_resolved",
+        Stat::CloseWaitFull => "close_wait_map_full",
     }
 }

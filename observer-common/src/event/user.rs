@@ -1,11 +1,13 @@
 //! Userspace-only impls for the wire types: `Pod` for aya, `TryFrom` for the raw enums.
 
-use super::{Kind, RawEvent, Role, SockState};
+use super::{CloseWaitEntry, Kind, RawEvent, Role, SockState};
 
 // SAFETY: plain `repr(C)` data with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for RawEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SockState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CloseWaitEntry {}
 
 impl TryFrom<u8> for Kind {
     type Error = u8;
@@ -14,6 +16,7 @@ impl TryFrom<u8> for Kind {
         match v {
             1 => Ok(Self::RstOnClose),
             2 => Ok(Self::LingerAbort),
+            3 => Ok(Self::CloseWaitResolved),
             other => Err(other),
         }
     }

@@ -24,13 +24,12 @@ pub enum DecodeError {
 }
 
 /// Turns raw records into events: converts kernel clock times to wall-clock and RST reasons
-/// to names, and numbers the events.
-#[derive(Debug)]
+/// to names.
+#[derive(Debug, Clone)]
 pub struct Decoder {
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
     layout: Layout,
-    next_id: u64,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -54,12 +53,11 @@ impl Decoder {
         Self {
             wall_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
             layout: layout.clone(),
-            next_id: 1,
         }
     }
 
     /// Decodes one ring-buffer record.
-    pub fn decode(&mut self, buf: &[u8]) -> Result<Event, DecodeError> {
+    pub fn decode(&self, buf: &[u8]) -> Result<Event, DecodeError> {
         if buf.len() < size_of::<RawEvent>() {
             return Err(DecodeError::Truncated(buf.len()));
         }
@@ -70,20 +68,23 @@ impl Decoder {
     }
 
     /// Builds the event for `raw`.
-    pub fn event(&mut self, raw: &RawEvent) -> Result<Event, DecodeError> {
+    pub fn event(&self, raw: &RawEvent) -> Result<Event, DecodeError> {
         let kind = match wire::Kind::try_from(raw.kind).map_err(DecodeError::Kind)? {
             wire::Kind::RstOnClose => Kind::RstOnClose,
             wire::Kind::LingerAbort => Kind::LingerAbort,
+            wire::Kind::CloseWaitResolved => Kind::CloseWaitResolved,
         };
-        let role = match wire::Role::from(raw.role) {
-            wire::Role::Client => Role::Client,
-            wire::Role::Server => Role::Server,
-            wire::Role::Unknown => Role::Unknown,
+        let role = Role::from_wire(raw.role);
+        let close_wait_ms = (raw.close_wait_ns != 0).then_some(raw.close_wait_ns / 1_000_000);
+        let hint = match kind {
+            Kind::CloseWaitResolved => close_wait_ms
+                .map(|ms| super::close_wait_resolved_hint(ms, false))
+                .unwrap_or_default(),
+            _ => hint(kind, role, raw.unread_bytes),
         };
-        let id = self.next_id;
-        self.next_id += 1;
+        let is_close_wait = kind == Kind::CloseWaitResolved;
         Ok(Event {
-            id,
+            id: 0,
             ts: self.wall_clock(raw.ts_ns),
             kind,
             pid: raw.pid,
@@ -103,10 +104,12 @@ impl Decoder {
                 .then(|| raw.ts_ns.saturating_sub(raw.established_ns) / 1_000_000),
             bytes_received: raw.bytes_received,
             bytes_sent: (raw.bytes_sent != UNKNOWN_BYTES).then_some(raw.bytes_sent),
-            close_wait_ms: None,
-            last_read_ms_ago: None,
+            close_wait_ms,
+            last_read_ms_ago: (is_close_wait && raw.last_read_ns != 0)
+                .then(|| raw.ts_ns.saturating_sub(raw.last_read_ns) / 1_000_000),
+            close_wait_lower_bound: is_close_wait.then_some(false),
             rst_reason: self.rst_reason(raw.rst_reason),
-            hint: hint(kind, role, raw.unread_bytes),
+            hint,
         })
     }
 
@@ -117,7 +120,8 @@ impl Decoder {
         self.layout.rst_reason(raw).map(str::to_owned)
     }
 
-    fn wall_clock(&self, ts_ns: u64) -> String {
+    /// RFC 3339 wall-clock time of a CLOCK_MONOTONIC nanosecond time.
+    pub fn wall_clock(&self, ts_ns: u64) -> String {
         let ns = i128::from(ts_ns) + self.wall_offset_ns;
         OffsetDateTime::from_unix_timestamp_nanos(ns)
             .ok()
@@ -126,13 +130,14 @@ impl Decoder {
     }
 }
 
-fn comm(raw: &[u8; 16]) -> String {
+/// A NUL-padded kernel `comm` as text.
+pub fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 /// IPv4 in the first four bytes, or IPv6; IPv4-mapped IPv6 shown as IPv4.
-fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
+pub fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
     if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(raw)).to_canonical()
     } else {

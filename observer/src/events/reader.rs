@@ -29,7 +29,7 @@ pub struct Counters {
 /// Reads `ring` until `stop` turns true, then drains what is left and returns (closing `tx`).
 pub async fn run(
     ring: RingBuf<MapData>,
-    mut decoder: Decoder,
+    decoder: Decoder,
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
@@ -41,11 +41,11 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut decoder, &tx, &counters);
+                drain(guard.get_inner_mut(), &decoder, &tx, &counters);
                 guard.clear_ready();
             }
             _ = stop.wait_for(|s| *s) => {
-                drain(fd.get_mut(), &mut decoder, &tx, &counters);
+                drain(fd.get_mut(), &decoder, &tx, &counters);
                 return Ok(());
             }
         }
@@ -54,7 +54,7 @@ pub async fn run(
 
 fn drain(
     ring: &mut RingBuf<MapData>,
-    decoder: &mut Decoder,
+    decoder: &Decoder,
     tx: &mpsc::Sender<Event>,
     counters: &Counters,
 ) {

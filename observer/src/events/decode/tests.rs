@@ -44,6 +44,8 @@ fn raw() -> RawEvent {
         role: wire::Role::Client as u8,
         old_state: 1,
         _pad: [0; 7],
+        close_wait_ns: 0,
+        last_read_ns: 0,
     }
 }
 
@@ -55,9 +57,8 @@ fn bytes(r: &RawEvent) -> Vec<u8> {
 
 #[test]
 fn decodes_every_field() {
-    let mut d = decoder();
+    let d = decoder();
     let e = d.decode(&bytes(&raw())).unwrap();
-    assert_eq!(e.id, 1);
     assert_eq!(e.kind, Kind::RstOnClose);
     assert_eq!((e.pid, e.comm.as_str(), e.cgroup_id), (1234, "curl", 42));
     assert_eq!(e.local_addr.to_string(), "127.0.0.1");
@@ -72,7 +73,15 @@ fn decodes_every_field() {
     assert_eq!(e.rst_reason.as_deref(), Some("TCP_ABORT_ON_CLOSE"));
     assert!(e.hint.starts_with("closed with 72480 unread bytes"));
     assert!(e.ts.ends_with('Z') && e.ts.contains('T'), "{}", e.ts);
-    assert_eq!(d.decode(&bytes(&raw())).unwrap().id, 2, "ids increase");
+    assert_eq!(e.id, 0, "the writer numbers events");
+    assert_eq!(
+        (
+            e.close_wait_ms,
+            e.last_read_ms_ago,
+            e.close_wait_lower_bound
+        ),
+        (None, None, None)
+    );
 }
 
 #[test]
@@ -109,7 +118,7 @@ fn ipv6_and_mapped_addresses() {
 
 #[test]
 fn bad_records_are_errors() {
-    let mut d = decoder();
+    let d = decoder();
     assert_eq!(d.decode(&[0u8; 10]), Err(DecodeError::Truncated(10)));
     let mut r = raw();
     r.kind = 99;
@@ -150,4 +159,27 @@ fn json_has_the_contract_fields() {
     assert_eq!(v["kind"], "rst_on_close");
     assert_eq!(v["role"], "client");
     assert_eq!(v["local_addr"], "127.0.0.1");
+}
+
+#[test]
+fn close_wait_resolved_carries_its_times() {
+    let mut r = raw();
+    r.kind = wire::Kind::CloseWaitResolved as u8;
+    r.rst_reason = NO_RST_REASON;
+    r.close_wait_ns = 125_000_000_000;
+    r.last_read_ns = 1_000_000_000;
+    let e = decoder().event(&r).unwrap();
+    assert_eq!(e.kind, Kind::CloseWaitResolved);
+    assert_eq!(e.close_wait_ms, Some(125_000));
+    assert_eq!(e.last_read_ms_ago, Some(4000), "ts 5s, last read at 1s");
+    assert_eq!(e.close_wait_lower_bound, Some(false));
+    assert_eq!(e.hint, "closed by its owner after 2m 5s in CLOSE_WAIT");
+    r.close_wait_ns = 0;
+    r.last_read_ns = 0;
+    let unknown = decoder().event(&r).unwrap();
+    assert_eq!(
+        (unknown.close_wait_ms, unknown.last_read_ms_ago),
+        (None, None),
+        "left to the tracker"
+    );
 }

@@ -1,0 +1,153 @@
+//! CLOSE_WAIT tracking, driven by `sock_state` and `sock_recv`: the peer's FIN moved the socket
+//! to CLOSE_WAIT and only its owner's `close()` moves it on. Entries live in the pinned
+//! `CLOSE_WAIT` map; the agent scans it for leaks and marks those it reported, and leaving
+//! CLOSE_WAIT emits `close_wait_resolved` for exactly those (and for sockets that were in
+//! CLOSE_WAIT before the programs were attached, which the agent found at start-up).
+//!
+//! `-> CLOSE_WAIT` runs in softirq (or the peer's task on loopback): the owner is copied from
+//! `SOCKS`, recorded earlier in process context, never taken from the current task.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
+use observer_common::{
+    event::{CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, Stat},
+    tcp,
+};
+
+use crate::{
+    emit,
+    maps::{CLOSE_WAIT, SOCKS},
+    off,
+    sock::{Sock, current_pid, set_owner},
+    sock_state::fresh,
+};
+
+/// `ESTABLISHED -> CLOSE_WAIT`: records the entry. (Not inlined: see `sock_state::on_abort`.)
+#[inline(never)]
+pub(crate) fn enter<C: EbpfContext>(ctx: &C, sk: Sock) -> Result<(), i32> {
+    let ends = sk.endpoints()?;
+    let mut e = CloseWaitEntry {
+        // SAFETY: no preconditions.
+        entered_ns: unsafe { bpf_ktime_get_ns() },
+        established_ns: 0,
+        last_read_ns: 0,
+        cgroup_id: 0,
+        bytes_received: sk.byte_counts()?.0,
+        inode: sk.inode()?,
+        saddr: ends.saddr,
+        daddr: ends.daddr,
+        comm: [0; 16],
+        rcv_nxt: sk.read(off!(tcp_rcv_nxt))?,
+        copied_seq: sk.read(off!(tcp_copied_seq))?,
+        netns: ends.netns,
+        pid: 0,
+        sport: ends.sport,
+        dport: ends.dport,
+        family: ends.family,
+        role: Role::Unknown as u8,
+        flags: 0,
+    };
+    // SAFETY: LRU entry, copied out at once.
+    if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
+        e.established_ns = st.established_ns;
+        e.last_read_ns = st.last_read_ns;
+        e.cgroup_id = st.cgroup_id;
+        e.comm = st.comm;
+        e.pid = st.pid;
+        e.role = st.role;
+    }
+    if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
+        emit::count(ctx, Stat::CloseWaitFull);
+    }
+    Ok(())
+}
+
+/// `CLOSE_WAIT -> LAST_ACK | CLOSE`: forgets the entry, and reports the end of a reported leak
+/// (or of a socket that predates the programs, entry unknown). Not inlined, as `enter`.
+#[inline(never)]
+pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i32> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = sk.key();
+    // SAFETY: entry copied out before it is removed.
+    let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
+    let _ = CLOSE_WAIT.remove(key);
+    if let Some(e) = entry
+        && e.flags & CW_REPORTED == 0
+    {
+        return Ok(());
+    }
+    let ends = sk.endpoints()?;
+    let mut ev = RawEvent {
+        ts_ns: now,
+        sk: key,
+        cgroup_id: 0,
+        established_ns: 0,
+        bytes_received: 0,
+        bytes_sent: 0,
+        saddr: ends.saddr,
+        daddr: ends.daddr,
+        comm: [0; 16],
+        unread_bytes: 0,
+        netns: ends.netns,
+        pid: 0,
+        rst_reason: NO_RST_REASON,
+        sport: ends.sport,
+        dport: ends.dport,
+        family: ends.family,
+        kind: Kind::CloseWaitResolved as u8,
+        role: Role::Unknown as u8,
+        old_state: tcp::CLOSE_WAIT as u8,
+        _pad: [0; 7],
+        close_wait_ns: 0,
+        last_read_ns: 0,
+    };
+    (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
+    let copied: u32 = sk.read(off!(tcp_copied_seq))?;
+    let rcv_nxt: u32 = sk.read(off!(tcp_rcv_nxt))?;
+    ev.unread_bytes = tcp::unread_bytes(rcv_nxt, copied, true);
+    if let Some(e) = entry {
+        ev.close_wait_ns = now.saturating_sub(e.entered_ns).max(1);
+        ev.established_ns = e.established_ns;
+        ev.last_read_ns = e.last_read_ns;
+        ev.role = e.role;
+        ev.pid = e.pid;
+        ev.comm = e.comm;
+        ev.cgroup_id = e.cgroup_id;
+    }
+    // `-> LAST_ACK` is always the owner's close()/shutdown(); `-> CLOSE` is its close()
+    // aborting unless an error (a received RST, a timeout) was set first.
+    let err: i32 = sk.read(off!(sk_err))?;
+    if new == tcp::LAST_ACK || (new == tcp::CLOSE && err == 0) {
+        let mut owner = fresh(Role::Unknown);
+        set_owner(&mut owner, current_pid());
+        ev.pid = owner.pid;
+        ev.comm = owner.comm;
+        ev.cgroup_id = owner.cgroup_id;
+    }
+    emit::event(ctx, &ev);
+    Ok(())
+}
+
+/// The owner read a socket in CLOSE_WAIT: its unread count and last read change.
+#[inline(always)]
+pub(crate) fn on_read(sk: Sock, pid: u32, consumed_at: u64) -> Result<(), i32> {
+    let Some(e) = CLOSE_WAIT.get_ptr_mut(sk.key()) else {
+        return Ok(());
+    };
+    let copied: u32 = sk.read(off!(tcp_copied_seq))?;
+    // SAFETY: map entry pointer, valid for this program run.
+    unsafe {
+        (*e).copied_seq = copied;
+        if consumed_at != 0 {
+            (*e).last_read_ns = consumed_at;
+        }
+        if (*e).pid != pid {
+            let mut owner = fresh(Role::Unknown);
+            set_owner(&mut owner, pid);
+            (*e).pid = owner.pid;
+            (*e).comm = owner.comm;
+            (*e).cgroup_id = owner.cgroup_id;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! CLOSE_WAIT leak tracking (incident 2): the peer closed, the owner never does.
+//!
+//! The kernel keeps the set of sockets in CLOSE_WAIT in the pinned `CLOSE_WAIT` map, with their
+//! true entry times (an agent restart loses nothing). This module owns everything else, in one
+//! task ([`run`]) that every event passes through on its way to the writers:
+//!
+//! * every [`SCAN_EVERY`], it reads the map and reports each socket past the threshold once
+//!   (`close_wait_leak`), marking the entry so the kernel reports its end
+//!   (`close_wait_resolved`) and a restarted agent does not report it again;
+//! * at start-up, it finds sockets already in CLOSE_WAIT through `sock_diag` ([`diag`]) in every
+//!   network namespace, reports them the same way with `close_wait_lower_bound: true`, and
+//!   deletes map entries whose socket left CLOSE_WAIT while no agent was running;
+//! * it names owners the programs could not (an accepted socket never read, a socket found at
+//!   start-up) from `/proc/*/fd` ([`owners`]), cached per socket.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use observer_common::event::{CW_REPORTED, CloseWaitEntry};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::events::{
+    Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
+    decode::{Decoder, addr, comm, monotonic_ns},
+};
+
+pub mod diag;
+pub mod owners;
+
+/// How often the map is read for leaks.
+pub const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// `BPF_EXIST`: update only an entry that is still there (the kernel may have removed it).
+const BPF_EXIST: u64 = 2;
+
+/// A connection as `sock_diag` and events both name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tuple {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local end.
+    pub local: SocketAddr,
+    /// Peer end.
+    pub peer: SocketAddr,
+}
+
+impl Tuple {
+    fn of_entry(e: &CloseWaitEntry) -> Self {
+        Self {
+            netns: e.netns,
+            local: SocketAddr::new(addr(e.family, e.saddr), e.sport),
+            peer: SocketAddr::new(addr(e.family, e.daddr), e.dport),
+        }
+    }
+
+    fn of_event(e: &Event) -> Self {
+        Self {
+            netns: e.netns,
+            local: SocketAddr::new(e.local_addr, e.local_port),
+            peer: SocketAddr::new(e.peer_addr, e.peer_port),
+        }
+    }
+}
+
+/// A socket found in CLOSE_WAIT at start-up, before the programs could see it enter.
+#[derive(Debug, Clone)]
+struct Found {
+    /// CLOCK_MONOTONIC time it was found: its CLOSE_WAIT time counts from here.
+    at_ns: u64,
+    inode: u64,
+    unread: u32,
+    reported: bool,
+}
+
+/// What start-up found and mended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Startup {
+    /// Namespaces whose sockets were listed.
+    pub namespaces: usize,
+    /// Sockets in CLOSE_WAIT the map did not know.
+    pub discovered: usize,
+    /// Map entries kept from a previous agent.
+    pub kept: usize,
+    /// Map entries dropped because their socket had left CLOSE_WAIT.
+    pub stale: usize,
+}
+
+/// The CLOSE_WAIT state of the agent: the pinned map, the sockets found at start-up, the
+/// owners found in `/proc`.
+pub struct Tracker {
+    map: BpfHashMap<MapData, u64, CloseWaitEntry>,
+    threshold: Duration,
+    decoder: Decoder,
+    found: BTreeMap<Tuple, Found>,
+    /// Owners found in `/proc`, by socket inode (pruned as sockets go).
+    owners: HashMap<u64, owners::Owner>,
+    /// Owners found in `/proc` for reported leaks, for their `close_wait_resolved`.
+    attributed: HashMap<Tuple, owners::Owner>,
+}
+
+impl Tracker {
+    /// A tracker over the programs' `CLOSE_WAIT` map.
+    pub fn new(
+        map: BpfHashMap<MapData, u64, CloseWaitEntry>,
+        threshold: Duration,
+        decoder: Decoder,
+    ) -> Self {
+        Self {
+            map,
+            threshold,
+            decoder,
+            found: BTreeMap::new(),
+            owners: HashMap::new(),
+            attributed: HashMap::new(),
+        }
+    }
+
+    fn entries(&self) -> Vec<(u64, CloseWaitEntry)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Lists the CLOSE_WAIT sockets of every namespace: those the map lacks are tracked from
+    /// now, map entries whose socket is gone are deleted. Call after the programs are attached.
+    pub fn startup(&mut self) -> Startup {
+        // Stale entries are judged against the map as it was before the dump (an entry added
+        // after it is not in the dump, yet live); duplicates against the map after the dump (a
+        // socket that entered CLOSE_WAIT meanwhile is in both).
+        let before = self.entries();
+        let namespaces = diag::namespaces();
+        let (dumped, sockets) = diag::close_wait_everywhere(&namespaces);
+        let live: HashSet<Tuple> = sockets.iter().map(|s| s.tuple).collect();
+        let dumped: BTreeSet<u32> = dumped.into_iter().collect();
+        let known: HashSet<Tuple> = self
+            .entries()
+            .iter()
+            .map(|(_, e)| Tuple::of_entry(e))
+            .collect();
+        let mut report = Startup {
+            namespaces: dumped.len(),
+            ..Startup::default()
+        };
+        for (sk, e) in &before {
+            let t = Tuple::of_entry(e);
+            // Only a namespace that was listed can prove a socket gone.
+            if dumped.contains(&t.netns) && !live.contains(&t) {
+                let _ = self.map.remove(sk);
+                report.stale += 1;
+            } else {
+                report.kept += 1;
+            }
+        }
+        let now = monotonic_ns();
+        for s in sockets.into_iter().filter(|s| !known.contains(&s.tuple)) {
+            self.found.insert(
+                s.tuple,
+                Found {
+                    at_ns: now,
+                    inode: s.inode,
+                    unread: s.rqueue.saturating_sub(1),
+                    reported: false,
+                },
+            );
+            report.discovered += 1;
+        }
+        report
+    }
+
+    /// Reports every socket past the threshold that was not reported yet.
+    pub fn scan(&mut self) -> Vec<Event> {
+        let now = monotonic_ns();
+        let threshold = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
+        let entries = self.entries();
+        let live: HashSet<u64> = entries
+            .iter()
+            .map(|(_, e)| e.inode)
+            .chain(self.found.values().map(|f| f.inode))
+            .collect();
+        self.owners.retain(|ino, _| live.contains(ino));
+        let due: Vec<(u64, CloseWaitEntry)> = entries
+            .into_iter()
+            .filter(|(_, e)| {
+                e.flags & CW_REPORTED == 0 && now.saturating_sub(e.entered_ns) >= threshold
+            })
+            .collect();
+        let found_due: Vec<Tuple> = self
+            .found
+            .iter()
+            .filter(|(_, f)| !f.reported && now.saturating_sub(f.at_ns) >= threshold)
+            .map(|(t, _)| *t)
+            .collect();
+        let wanted: HashSet<u64> = due
+            .iter()
+            .filter(|(_, e)| e.pid == 0)
+            .map(|(_, e)| e.inode)
+            .chain(
+                found_due
+                    .iter()
+                    .filter_map(|t| self.found.get(t).map(|f| f.inode)),
+            )
+            .filter(|i| *i != 0 && !self.owners.contains_key(i))
+            .collect();
+        self.owners
+            .extend(owners::find(Path::new("/proc"), &wanted));
+
+        let mut out = Vec::with_capacity(due.len() + found_due.len());
+        for (sk, mut e) in due {
+            if let Some(o) = self.owners.get(&e.inode).filter(|_| e.pid == 0) {
+                self.attributed.insert(Tuple::of_entry(&e), o.clone());
+            }
+            out.push(self.leak_from_entry(&e, now));
+            e.flags |= CW_REPORTED;
+            // Gone meanwhile is fine: the kernel removed it as the socket left CLOSE_WAIT.
+            let _ = self.map.insert(sk, e, BPF_EXIST);
+        }
+        for t in found_due {
+            if let Some(f) = self.found.get_mut(&t) {
+                f.reported = true;
+                let f = f.clone();
+                out.push(self.leak_from_found(t, &f, now));
+            }
+        }
+        out
+    }
+
+    fn leak_from_entry(&self, e: &CloseWaitEntry, now: u64) -> Event {
+        let t = Tuple::of_entry(e);
+        let close_wait_ms = now.saturating_sub(e.entered_ns) / 1_000_000;
+        let last_read_ms_ago =
+            (e.last_read_ns != 0).then(|| now.saturating_sub(e.last_read_ns) / 1_000_000);
+        let unread = e.unread();
+        let (pid, comm_, cgroup_id) = match self.owners.get(&e.inode) {
+            Some(o) if e.pid == 0 => (o.pid, o.comm.clone(), o.cgroup_id),
+            _ => (e.pid, comm(&e.comm), e.cgroup_id),
+        };
+        Event {
+            id: 0,
+            ts: self.decoder.wall_clock(now),
+            kind: Kind::CloseWaitLeak,
+            pid,
+            comm: comm_,
+            cgroup_id,
+            container_id: None,
+            pod: None,
+            namespace: None,
+            netns: t.netns,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.peer.ip(),
+            peer_port: t.peer.port(),
+            role: Role::from_wire(e.role),
+            unread_bytes: unread,
+            conn_age_ms: (e.established_ns != 0)
+                .then(|| now.saturating_sub(e.established_ns) / 1_000_000),
+            bytes_received: e.bytes_received,
+            bytes_sent: None,
+            close_wait_ms: Some(close_wait_ms),
+            last_read_ms_ago,
+            close_wait_lower_bound: Some(false),
+            rst_reason: None,
+            hint: close_wait_hint(close_wait_ms, last_read_ms_ago, unread),
+        }
+    }
+
+    fn leak_from_found(&self, t: Tuple, f: &Found, now: u64) -> Event {
+        let close_wait_ms = now.saturating_sub(f.at_ns) / 1_000_000;
+        let owner = self.owners.get(&f.inode);
+        Event {
+            id: 0,
+            ts: self.decoder.wall_clock(now),
+            kind: Kind::CloseWaitLeak,
+            pid: owner.map_or(0, |o| o.pid),
+            comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+            cgroup_id: owner.map_or(0, |o| o.cgroup_id),
+            container_id: None,
+            pod: None,
+            namespace: None,
+            netns: t.netns,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.peer.ip(),
+            peer_port: t.peer.port(),
+            role: Role::Unknown,
+            unread_bytes: f.unread,
+            conn_age_ms: None,
+            bytes_received: 0,
+            bytes_sent: None,
+            close_wait_ms: Some(close_wait_ms),
+            last_read_ms_ago: None,
+            close_wait_lower_bound: Some(true),
+            rst_reason: None,
+            hint: format!(
+                "{} (found already in CLOSE_WAIT when observer started: at least this long)",
+                close_wait_hint(close_wait_ms, None, f.unread)
+            ),
+        }
+    }
+
+    /// Completes a `close_wait_resolved` from the kernel; `None` drops one that reports nothing
+    /// (a socket observer never reported).
+    pub fn resolve(&mut self, mut ev: Event) -> Option<Event> {
+        if ev.kind != Kind::CloseWaitResolved {
+            return Some(ev);
+        }
+        let attributed = self.attributed.remove(&Tuple::of_event(&ev));
+        if ev.close_wait_ms.is_some() {
+            // Known to the programs, reported by us: fill an owner the programs lacked.
+            if ev.pid == 0
+                && let Some(o) = attributed
+            {
+                (ev.pid, ev.comm, ev.cgroup_id) = (o.pid, o.comm, o.cgroup_id);
+            }
+            return Some(ev);
+        }
+        // The entry was unknown to the programs: a socket found at start-up.
+        let found = self.found.remove(&Tuple::of_event(&ev))?;
+        if !found.reported {
+            return None;
+        }
+        let ms = monotonic_ns().saturating_sub(found.at_ns) / 1_000_000;
+        ev.close_wait_ms = Some(ms);
+        ev.close_wait_lower_bound = Some(true);
+        ev.hint = close_wait_resolved_hint(ms, true);
+        if ev.pid == 0
+            && let Some(o) = self.owners.get(&found.inode)
+        {
+            (ev.pid, ev.comm, ev.cgroup_id) = (o.pid, o.comm.clone(), o.cgroup_id);
+        }
+        Some(ev)
+    }
+}
+
+/// The tracker's task: passes events from `rx` to `tx`, completing CLOSE_WAIT ones, and adds
+/// leak events every [`SCAN_EVERY`]. Ends when `rx` closes.
+pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::Sender<Event>) {
+    let report = tracker.startup();
+    info!(
+        namespaces = report.namespaces,
+        discovered = report.discovered,
+        kept = report.kept,
+        stale = report.stale,
+        "close_wait sockets listed"
+    );
+    let mut tick = tokio::time::interval(SCAN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => tracker.resolve(ev).into_iter().collect(),
+                None => return,
+            },
+            _ = tick.tick() => tracker.scan(),
+        };
+        for ev in batch {
+            if tx.send(ev).await.is_err() {
+                warn!("event writer stopped");
+                return;
+            }
+        }
+    }
+}

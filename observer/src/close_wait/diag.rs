@@ -1,0 +1,272 @@
+//! Start-up discovery of sockets already in CLOSE_WAIT, through netlink `sock_diag` (what `ss`
+//! uses, <https://man7.org/linux/man-pages/man7/sock_diag.7.html>), in every network namespace
+//! a task on this host is in.
+//!
+//! `sock_diag` answers for the caller's network namespace only, so each namespace is entered
+//! with `setns(2)` on a short-lived thread of its own; the agent's threads stay where they are.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::PathBuf,
+};
+
+use observer_common::tcp::{AF_INET, AF_INET6, CLOSE_WAIT, IPPROTO_TCP};
+
+use super::Tuple;
+
+/// One socket `sock_diag` reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagSocket {
+    /// Namespace and both ends.
+    pub tuple: Tuple,
+    /// Inode of the socket's file (0 when not yet accepted).
+    pub inode: u64,
+    /// Bytes queued for reading, the FIN counted (`ss`'s Recv-Q).
+    pub rqueue: u32,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+/// `struct nlmsghdr`.
+const NLMSG_HDR: usize = 16;
+/// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48), expires, rqueue,
+/// wqueue, uid, inode.
+const DIAG_MSG: usize = 72;
+
+/// Every network namespace some task is in: inode -> a `/proc/<pid>/task/<tid>/ns/net` path.
+pub fn namespaces() -> BTreeMap<u32, PathBuf> {
+    let mut found = BTreeMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let ns = t.path().join("ns/net");
+            if let Ok(meta) = std::fs::metadata(&ns) {
+                found.entry(meta.ino() as u32).or_insert(ns);
+            }
+        }
+    }
+    found
+}
+
+/// CLOSE_WAIT sockets of every namespace in `namespaces`. Returns the namespaces that were
+/// dumped (a task may have exited meanwhile) and the sockets.
+pub fn close_wait_everywhere(namespaces: &BTreeMap<u32, PathBuf>) -> (Vec<u32>, Vec<DiagSocket>) {
+    let mut dumped = Vec::new();
+    let mut sockets = Vec::new();
+    for (&ino, path) in namespaces {
+        let path = path.clone();
+        let res = std::thread::spawn(move || -> io::Result<Vec<DiagSocket>> {
+            let ns = std::fs::File::open(&path)?;
+            // SAFETY: setns on this thread only, with an open namespace fd.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            close_wait_here(ino)
+        })
+        .join();
+        match res {
+            Ok(Ok(found)) => {
+                dumped.push(ino);
+                sockets.extend(found);
+            }
+            Ok(Err(e)) => tracing::debug!(netns = ino, error = %e, "sock_diag dump failed"),
+            Err(_) => tracing::warn!(netns = ino, "sock_diag thread panicked"),
+        }
+    }
+    (dumped, sockets)
+}
+
+/// CLOSE_WAIT sockets of the calling thread's namespace (`netns` is its inode).
+pub fn close_wait_here(netns: u32) -> io::Result<Vec<DiagSocket>> {
+    let mut all = dump(AF_INET, 1 << CLOSE_WAIT, netns)?;
+    all.extend(dump(AF_INET6, 1 << CLOSE_WAIT, netns)?);
+    Ok(all)
+}
+
+fn dump(family: u16, states: u32, netns: u32) -> io::Result<Vec<DiagSocket>> {
+    // SAFETY: plain socket(2); the fd is owned by `sock` below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let req = request(family, states);
+    // SAFETY: sending an initialized buffer of its own length to the kernel (address: kernel).
+    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer of the given length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if parse(&buf[..n as usize], netns, &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+/// `nlmsghdr` + `inet_diag_req_v2` asking for every TCP socket of `family` in `states`.
+fn request(family: u16, states: u32) -> Vec<u8> {
+    let len = NLMSG_HDR + 56;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    b.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    b.push(family as u8);
+    b.push(IPPROTO_TCP as u8);
+    b.push(0); // idiag_ext: no extensions
+    b.push(0); // pad
+    b.extend_from_slice(&states.to_ne_bytes());
+    b.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: any
+    b
+}
+
+/// Parses one datagram of replies into `out`; true once the dump is complete.
+fn parse(mut b: &[u8], netns: u32, out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+    let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    while b.len() >= NLMSG_HDR {
+        let len = u32_at(b, 0) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        if len < NLMSG_HDR || len > b.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
+        }
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = if len >= NLMSG_HDR + 4 {
+                    u32_at(b, NLMSG_HDR) as i32
+                } else {
+                    0
+                };
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDR + DIAG_MSG => {
+                out.push(diag_msg(&b[NLMSG_HDR..NLMSG_HDR + DIAG_MSG], netns));
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let next = (len + 3) & !3;
+        b = b.get(next..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
+fn diag_msg(m: &[u8], netns: u32) -> DiagSocket {
+    let u32_at = |at: usize| u32::from_ne_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]]);
+    let family = u16::from(m[0]);
+    // inet_diag_sockid at 4: sport, dport (big-endian), src[4], dst[4] (network order), if, cookie.
+    let sport = u16::from_be_bytes([m[4], m[5]]);
+    let dport = u16::from_be_bytes([m[6], m[7]]);
+    let ip = |at: usize| -> IpAddr {
+        if family == AF_INET6 {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&m[at..at + 16]);
+            IpAddr::V6(Ipv6Addr::from(o)).to_canonical()
+        } else {
+            IpAddr::V4(Ipv4Addr::new(m[at], m[at + 1], m[at + 2], m[at + 3]))
+        }
+    };
+    DiagSocket {
+        tuple: Tuple {
+            netns,
+            local: SocketAddr::new(ip(8), sport),
+            peer: SocketAddr::new(ip(24), dport),
+        },
+        rqueue: u32_at(56),
+        inode: u64::from(u32_at(68)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_the_kernel_layout() {
+        let r = request(AF_INET, 1 << CLOSE_WAIT);
+        assert_eq!(r.len(), 72);
+        assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 72);
+        assert_eq!((r[16], r[17]), (2, 6), "AF_INET, IPPROTO_TCP");
+        assert_eq!(u32::from_ne_bytes([r[20], r[21], r[22], r[23]]), 1 << 8);
+    }
+
+    #[test]
+    fn parses_a_reply_and_the_end() {
+        let mut msg = vec![0u8; NLMSG_HDR + DIAG_MSG];
+        msg[..4].copy_from_slice(&((NLMSG_HDR + DIAG_MSG) as u32).to_ne_bytes());
+        msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let m = &mut msg[NLMSG_HDR..];
+        m[0] = 2;
+        m[1] = 8;
+        m[4..6].copy_from_slice(&6379u16.to_be_bytes());
+        m[6..8].copy_from_slice(&40000u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[10, 0, 0, 2]);
+        m[56..60].copy_from_slice(&4097u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&12345u32.to_ne_bytes());
+        let mut done = vec![0u8; NLMSG_HDR];
+        done[..4].copy_from_slice(&(NLMSG_HDR as u32).to_ne_bytes());
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        msg.extend_from_slice(&done);
+        let mut out = Vec::new();
+        assert!(parse(&msg, 7, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].tuple.local, "127.0.0.1:6379".parse().unwrap());
+        assert_eq!(out[0].tuple.peer, "10.0.0.2:40000".parse().unwrap());
+        assert_eq!(
+            (out[0].tuple.netns, out[0].rqueue, out[0].inode),
+            (7, 4097, 12345)
+        );
+    }
+
+    #[test]
+    fn errors_and_garbage_are_errors() {
+        let mut err = vec![0u8; NLMSG_HDR + 4];
+        err[..4].copy_from_slice(&((NLMSG_HDR + 4) as u32).to_ne_bytes());
+        err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        let e = parse(&err, 0, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let mut bad = vec![0u8; NLMSG_HDR];
+        bad[..4].copy_from_slice(&999u32.to_ne_bytes());
+        assert!(parse(&bad, 0, &mut Vec::new()).is_err());
+    }
+}
