@@ -13,6 +13,7 @@ mod kernel {
 
     mod agent_cli;
     mod burst;
+    mod close_wait;
     mod fallbacks;
     mod real_clients;
     mod rst_on_close;

@@ -16,6 +16,9 @@ const PACKAGES: &[(&str, &[&str])] = &[
         "python3-requests",
         &["/usr/bin/python3", "-c", "import requests"],
     ),
+    ("python3-redis", &["/usr/bin/python3", "-c", "import redis"]),
+    ("redis-server", &["redis-server", "--version"]),
+    ("iproute2", &["ss", "-V"]),
 ];
 
 pub(crate) fn run() -> Result<()> {

@@ -151,17 +151,54 @@ struct Shared {
     exited: bool,
 }
 
+/// A pin directory of the test's own on bpffs (agents running in parallel must not share the
+/// pinned CLOSE_WAIT table), removed on drop.
+pub(crate) struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    pub(crate) fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/observer-test-{}-{n}",
+            std::process::id()
+        )))
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The agent as a child process. Events are parsed from its stdout and kept per netns.
 pub(crate) struct Agent {
     child: Child,
     shared: Arc<(Mutex<Shared>, Condvar)>,
+    /// Dropped after the child is stopped (fields drop after `Drop::drop`).
+    pins: Option<PinDir>,
 }
 
 impl Agent {
-    /// Starts `observer agent` with `args` and waits until it logs that it is ready.
+    /// Starts `observer agent` with `args` and a pin directory of its own, and waits until it
+    /// logs that it is ready.
     pub(crate) fn start(args: &[&str]) -> Self {
+        let pins = PinDir::new();
+        let mut agent = Self::start_pinned(&pins, args);
+        agent.pins = Some(pins);
+        agent
+    }
+
+    /// Starts `observer agent` pinning its maps in `pins` (shared with a later agent).
+    pub(crate) fn start_pinned(pins: &PinDir, args: &[&str]) -> Self {
         let mut child = Command::new(OBSERVER)
             .arg("agent")
+            .args(["--pin-dir", pins.path()])
             .args(args)
             .env("OBSERVER_LOG", "info")
             .stdout(Stdio::piped())
@@ -197,7 +234,11 @@ impl Agent {
             m.lock().unwrap().exited = true;
             cv.notify_all();
         });
-        let agent = Self { child, shared };
+        let agent = Self {
+            child,
+            shared,
+            pins: None,
+        };
         {
             let (m, cv) = &*agent.shared;
             let g = cv

@@ -1,0 +1,311 @@
+//! CLOSE_WAIT leaks on real sockets: a pooled client and a stuck server, reported once past the
+//! threshold and resolved when closed; entry times that survive an agent restart; sockets found
+//! at start-up; the tracked set against `ss`; redis-server's idle timeout against a real client
+//! pool.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::support::{Agent, PinDir, in_netns, of_kind, require_bpf, wait_queued};
+
+/// Events of `kind` once `n` of them arrived (or the wait ran out).
+fn wait_kind(agent: &Agent, ns: u64, kind: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let evs = agent.events(ns, 0, Duration::ZERO, Duration::ZERO);
+        let got: Vec<Value> = of_kind(&evs, kind).into_iter().cloned().collect();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ms(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn pooled_client_is_reported_once_then_resolved() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let (ns, cport, held_ms) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        // The server closes an idle pooled connection; the client pool never notices.
+        drop(s);
+        let entered = Instant::now();
+        std::thread::sleep(Duration::from_millis(2800));
+        let cport = c.local_addr().unwrap().port();
+        drop(c);
+        (ns, cport, entered.elapsed().as_millis() as u64)
+    });
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 1);
+    let resolved = wait_kind(&agent, ns, "close_wait_resolved", 1);
+    let all = agent.events(ns, 0, Duration::ZERO, Duration::from_millis(500));
+    assert_eq!(
+        all.len(),
+        2,
+        "one leak and one resolved, nothing else: {all:#?}"
+    );
+    let (leak, done) = (&leaks[0], &resolved[0]);
+    assert_eq!(leak["pid"], std::process::id());
+    assert_eq!(leak["role"], "client");
+    assert_eq!(leak["local_port"], cport);
+    assert_eq!(leak["unread_bytes"], 0);
+    assert_eq!(leak["close_wait_lower_bound"], false);
+    assert!((1000..2800).contains(&ms(&leak["close_wait_ms"])), "{leak}");
+    assert_eq!(done["pid"], std::process::id());
+    assert_eq!(done["local_port"], cport);
+    let total = ms(&done["close_wait_ms"]);
+    assert!(
+        total.abs_diff(held_ms) < 250,
+        "resolved after {total} ms, held {held_ms} ms"
+    );
+    assert!(
+        done["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed by its owner after 2s"),
+        "{done}"
+    );
+}
+
+#[test]
+fn stuck_server_holds_unread_bytes_and_last_read_predates_the_fin() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let (ns, sport) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(&[1u8; 100]).unwrap();
+        let mut first = [0u8; 100];
+        s.read_exact(&mut first).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // The handler then hangs; the client sends more and gives up.
+        c.write_all(&[2u8; 4000]).unwrap();
+        wait_queued(&s, 4000);
+        drop(c);
+        std::thread::sleep(Duration::from_millis(2500));
+        let sport = s.local_addr().unwrap().port();
+        drop(s);
+        (ns, sport)
+    });
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 1);
+    assert_eq!(leaks.len(), 1, "{leaks:#?}");
+    let leak = &leaks[0];
+    assert_eq!(leak["role"], "server");
+    assert_eq!(leak["local_port"], sport);
+    assert_eq!(leak["pid"], std::process::id());
+    assert_eq!(leak["unread_bytes"], 4000);
+    let (age, last_read) = (ms(&leak["close_wait_ms"]), ms(&leak["last_read_ms_ago"]));
+    assert!(
+        last_read >= age + 250,
+        "the last read came before the FIN: {leak}"
+    );
+    assert!(
+        leak["hint"]
+            .as_str()
+            .unwrap()
+            .contains("holds 4000 unread bytes"),
+        "{leak}"
+    );
+    let done = wait_kind(&agent, ns, "close_wait_resolved", 1);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["unread_bytes"], 4000);
+    let rst = wait_kind(&agent, ns, "rst_on_close", 1);
+    assert_eq!(rst.len(), 1, "closing with the unread bytes aborts too");
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_true_entry_time() {
+    if !require_bpf() {
+        return;
+    }
+    let pins = PinDir::new();
+    let first = Agent::start_pinned(&pins, &["--close-wait-threshold", "1h"]);
+    let (ns, held, entered) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        drop(l.accept().unwrap());
+        (ns, c, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _) = first.stop();
+    assert!(status.success());
+    let stopped_after = entered.elapsed().as_millis() as u64;
+    let second = Agent::start_pinned(&pins, &["--close-wait-threshold", "2s"]);
+    let leaks = wait_kind(&second, ns, "close_wait_leak", 1);
+    assert_eq!(leaks.len(), 1);
+    let leak = &leaks[0];
+    assert_eq!(
+        leak["close_wait_lower_bound"], false,
+        "known from the pinned map: {leak}"
+    );
+    assert_eq!(leak["local_port"], held.local_addr().unwrap().port());
+    assert!(
+        ms(&leak["close_wait_ms"]) >= stopped_after,
+        "age counts from the original entry ({stopped_after} ms before the restart): {leak}"
+    );
+}
+
+#[test]
+fn sockets_in_close_wait_before_any_agent_are_discovered() {
+    if !require_bpf() {
+        return;
+    }
+    // The namespace must stay entered by a live thread for start-up discovery to list it.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let scenario = std::thread::spawn(move || {
+        in_netns(move |ns| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(&[7u8; 300]).unwrap();
+            drop(s);
+            wait_queued(&c, 300);
+            ready_tx.send((ns, c.local_addr().unwrap().port())).unwrap();
+            close_rx.recv().unwrap();
+            drop(c);
+        });
+    });
+    let (ns, cport) = ready_rx.recv().unwrap();
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 1);
+    assert_eq!(leaks.len(), 1, "found at start-up and reported once");
+    let leak = &leaks[0];
+    assert_eq!(leak["close_wait_lower_bound"], true, "{leak}");
+    assert_eq!(leak["local_port"], cport);
+    assert_eq!(leak["unread_bytes"], 300);
+    assert_eq!(
+        leak["pid"],
+        std::process::id(),
+        "owner found through /proc: {leak}"
+    );
+    close_tx.send(()).unwrap();
+    scenario.join().unwrap();
+    let done = wait_kind(&agent, ns, "close_wait_resolved", 1);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["close_wait_lower_bound"], true);
+    assert_eq!(done[0]["pid"], std::process::id());
+}
+
+/// `ss -Htan state close-wait` in the calling thread's namespace: (local port, peer port).
+fn ss_close_wait() -> BTreeSet<(u16, u16)> {
+    let out = Command::new("ss")
+        .args(["-Htan", "state", "close-wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let port = |s: &str| s.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (port(f[2]), port(f[3]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_tracked_set_equals_ss_with_500_sockets() {
+    const N: usize = 500;
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let (ns, held, ss) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut held = Vec::with_capacity(N);
+        for _ in 0..N {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            drop(l.accept().unwrap());
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        (ns, held, ss_close_wait())
+    });
+    assert_eq!(ss.len(), N, "the scenario put {N} sockets in CLOSE_WAIT");
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", N);
+    let tracked: BTreeSet<(u16, u16)> = leaks
+        .iter()
+        .map(|e| (ms(&e["local_port"]) as u16, ms(&e["peer_port"]) as u16))
+        .collect();
+    assert_eq!(leaks.len(), N, "one leak per socket");
+    assert_eq!(tracked, ss, "socket for socket, what ss lists");
+    drop(held);
+    assert_eq!(wait_kind(&agent, ns, "close_wait_resolved", N).len(), N);
+}
+
+#[test]
+fn redis_idle_timeout_leaves_a_python_pool_in_close_wait() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let (ns, py_pid) = in_netns(|ns| {
+        let port = "16379";
+        let mut redis = Command::new("redis-server")
+            .args([
+                "--port",
+                port,
+                "--bind",
+                "127.0.0.1",
+                "--timeout",
+                "1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", 16379)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A pool that pings once, then sits idle past redis's timeout and never notices.
+        let script = "import redis, time\nr = redis.Redis(host='127.0.0.1', port=16379)\nr.ping()\ntime.sleep(5)\n";
+        let mut py = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("python3 redis");
+        let pid = py.id();
+        assert!(py.wait().unwrap().success());
+        let _ = redis.kill();
+        let _ = redis.wait();
+        (ns, pid)
+    });
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 1);
+    let leak = leaks
+        .iter()
+        .find(|e| e["pid"] == py_pid)
+        .unwrap_or_else(|| panic!("no leak for the python pool ({py_pid}): {leaks:#?}"));
+    assert_eq!(leak["comm"], "python3");
+    assert_eq!(leak["peer_port"], 16379);
+    assert_eq!(leak["role"], "client");
+    assert!(ms(&leak["close_wait_ms"]) >= 1000);
+    let done = wait_kind(&agent, ns, "close_wait_resolved", 1);
+    assert!(
+        done.iter().any(|e| e["pid"] == py_pid),
+        "python exiting closes it: {done:#?}"
+    );
+}
