@@ -20,6 +20,8 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// Sockets in CLOSE_WAIT (pinned, so a restarted agent keeps their entry times).
     pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
+    /// Capacity of [`CLOSE_WAIT`].
+    pub const CLOSE_WAIT_MAX_ENTRIES: u32 = 262_144;
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
     /// Aborts seen at the state change, completed by the reset and emitted at destroy.

@@ -53,8 +53,10 @@ pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(Config::LEN, 0);
 /// agent's pin directory, so a restarted agent keeps every entry time. Not LRU: a full map is
 /// counted (`CloseWaitFull`), never a silent eviction; entries are allocated as needed.
 #[map]
-pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> =
-    HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> = HashMap::pinned(
+    observer_common::maps::CLOSE_WAIT_MAX_ENTRIES,
+    BPF_F_NO_PREALLOC,
+);
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
 const BPF_F_NO_PREALLOC: u32 = 1;

@@ -1,29 +1,38 @@
-//! `observer agent`: loads and attaches the probes, then runs the pipeline until SIGINT or
-//! SIGTERM: ring-buffer reader -> bounded channel -> JSON-lines writer. On a signal the probes
-//! are detached first, then what the ring buffer still holds is drained and written.
+//! `observer agent`: the API comes up first (so `/healthz` answers and `/readyz` says 503),
+//! then the probes are loaded and attached and `/readyz` turns 200. The pipeline then runs
+//! until SIGINT or SIGTERM: ring-buffer reader -> bounded channel -> CLOSE_WAIT tracker ->
+//! bounded channel -> sink thread (store, metrics, JSON lines). On a signal the probes are
+//! detached first, then what the ring buffer still holds is drained and written.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
+use observer_common::event::Stat;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
+    api::{self, ProbeStatus},
     btf::Btf,
-    close_wait::{self, Tracker},
+    close_wait::{self, Live, Tracker},
     config::AgentArgs,
     events::{decode::Decoder, reader},
     host,
     layout::Layout,
+    metrics::{self, Deltas, Peers, SelfMetrics, Totals},
     output,
     probes::{self, Probes},
     shutdown::Shutdown,
+    store,
 };
 
-/// Capacity of the reader -> writer channel; a full channel is counted, never waited on.
+/// Capacity of each channel; a full reader channel is counted, never waited on.
 const CHANNEL: usize = 16_384;
-/// How often the drop counters are checked and, when they moved, logged.
-const STATS_EVERY: Duration = Duration::from_secs(10);
+/// How often the kernel counters are read into the metrics and the status.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `agent` and `check` need before attaching: privileges, BTF, layout.
 pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
@@ -36,86 +45,213 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
 
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
+    // Everything that can be refused before anything is started: privileges, BTF, layout.
     let layout = prepare(&args.probes)?;
+    let store = store::open(&args.data_dir)?;
+    let reader_db =
+        store::Reader::open(store.file()).context("opening the event store for reading")?;
+
+    let mut registry = metrics::registry();
+    let self_metrics = SelfMetrics::register(&mut registry);
+    let peers = Arc::new(Peers::register(&mut registry, args.peer_label_limit));
+    let event_metrics = output::Metrics::register(&mut registry);
+    let close_wait_metrics = close_wait::Metrics::register(&mut registry, &self_metrics);
+    let totals = Arc::new(Totals::default());
+    let state = api::State {
+        registry: Arc::new(registry),
+        ready: Arc::default(),
+        reader: Arc::new(Mutex::new(reader_db)),
+        live: Live::default(),
+        status: Arc::default(),
+        totals: totals.clone(),
+        started,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (api, listening) = serve_api(args.listen, state.clone(), stop_rx.clone()).await?;
+
     let mut probes = Probes::load(&layout, &args.probes)?;
     probes.log_plan();
-    let ring = probes.take_events()?;
+    self_metrics.plan(probes.plan());
     if let Some(logger) = probes.take_logger() {
         tokio::spawn(diagnostics(logger));
     }
-
-    let close_wait_map = probes.take_close_wait()?;
-
     let counters = Arc::new(reader::Counters::default());
     let decoder = Decoder::new(&layout);
-    let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
-    let (tx, rx) = mpsc::channel(CHANNEL);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let tracker = Tracker::new(close_wait_map, args.close_wait_threshold, decoder.clone());
-    let reader = tokio::spawn(reader::run(
-        ring,
+    let tracker = Tracker::new(
+        probes.take_close_wait()?,
+        args.close_wait_threshold,
+        decoder.clone(),
+        close_wait_metrics,
+        peers.clone(),
+        state.live.clone(),
+    );
+    let sink = output::Sink {
+        store,
+        mode: args.log_events,
+        metrics: event_metrics,
+        peers,
+        self_metrics: self_metrics.clone(),
+        totals,
+        retention: args.retention,
+        max_events: args.max_events,
+    };
+    let pipeline = Pipeline::start(
+        probes.take_events()?,
         decoder,
-        raw_tx,
+        tracker,
+        sink,
         counters.clone(),
         stop_rx,
-    ));
-    let tracker = tokio::spawn(close_wait::run(tracker, raw_rx, tx));
-    let writer = tokio::spawn(output::run(rx, args.log_events, tokio::io::stdout()));
-    info!(kernel = %host::kernel_release(), "agent ready");
+    )?;
+
+    {
+        let mut s = state
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.kernel = host::kernel_release();
+        s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
+        s.close_wait_threshold_ms =
+            u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
+    }
+    state.set_ready();
+    info!(kernel = %host::kernel_release(), listen = %listening, "agent ready");
 
     let mut tick = tokio::time::interval(STATS_EVERY);
-    let mut drops = Drops::default();
+    let drops = Drops::default();
     let why = loop {
         tokio::select! {
             s = shutdown.received() => break s,
-            _ = tick.tick() => drops.report(&probes, &counters),
+            _ = tick.tick() => drops.update(&probes, &counters, &self_metrics, &state.status),
         }
     };
     info!(signal = why, "detaching probes");
-    drops.report(&probes, &counters);
+    drops.update(&probes, &counters, &self_metrics, &state.status);
     drop(probes);
     let _ = stop_tx.send(true);
-    reader.await.context("reader task")??;
-    tracker.await.context("close_wait task")?;
-    writer.await.context("writer task")??;
+    pipeline.finish().await?;
+    api.await.context("api task")?.context("serving the API")?;
     info!("stopped");
     Ok(())
 }
 
-/// The drop counters as last logged, so that only changes are logged.
+/// Binds `--listen` (failing at once with the address in the message) and serves the API
+/// until `stop` turns true. Returns the task and the bound address (port 0 picks one).
+async fn serve_api(
+    listen: std::net::SocketAddr,
+    state: api::State,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    std::net::SocketAddr,
+)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding --listen {listen}"))?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    Ok((task, bound))
+}
+
+/// The running pipeline: reader task -> tracker task -> sink thread.
+struct Pipeline {
+    reader: tokio::task::JoinHandle<std::io::Result<()>>,
+    tracker: tokio::task::JoinHandle<()>,
+    sink: std::thread::JoinHandle<()>,
+}
+
+impl Pipeline {
+    fn start(
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        decoder: Decoder,
+        tracker: Tracker,
+        sink: output::Sink,
+        counters: Arc<reader::Counters>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let sink = std::thread::Builder::new()
+            .name("observer-sink".to_owned())
+            .spawn(move || sink.run(rx, std::io::stdout()))
+            .context("starting the sink thread")?;
+        Ok(Self {
+            reader: tokio::spawn(reader::run(ring, decoder, raw_tx, counters, stop)),
+            tracker: tokio::spawn(close_wait::run(tracker, raw_rx, tx)),
+            sink,
+        })
+    }
+
+    /// Waits for each stage to drain, in order (the reader closes the first channel).
+    async fn finish(self) -> anyhow::Result<()> {
+        self.reader.await.context("reader task")??;
+        self.tracker.await.context("close_wait task")?;
+        if self.sink.join().is_err() {
+            warn!("the sink thread panicked");
+        }
+        Ok(())
+    }
+}
+
+/// Feeds the kernel's per-CPU counters and the userspace drop counters into the metrics and
+/// the status, and logs each source when it moves.
 #[derive(Default)]
 struct Drops {
-    kernel: Vec<u64>,
-    decode_errors: u64,
-    channel_full: u64,
+    kernel: Deltas,
 }
 
 impl Drops {
-    /// Logs every counter that moved since the last call.
-    fn report(&mut self, probes: &Probes, counters: &reader::Counters) {
+    fn update(
+        &self,
+        probes: &Probes,
+        counters: &reader::Counters,
+        m: &SelfMetrics,
+        status: &Mutex<api::Status>,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
-        let now = probes.stats();
-        self.kernel.resize(now.len(), 0);
-        for ((stat, n), before) in now.iter().zip(&mut self.kernel) {
-            if *n > *before {
-                warn!(
-                    counter = probes::stat_name(*stat),
-                    total = n,
-                    "kernel-side drops or errors"
-                );
-                *before = *n;
+        let kernel = probes.stats();
+        let totals: Vec<u64> = kernel.iter().map(|(_, n)| *n).collect();
+        let deltas = self.kernel.since_last(&totals);
+        for ((stat, total), d) in kernel.iter().zip(&deltas) {
+            if *d == 0 {
+                continue;
             }
-        }
-        let decode = counters.decode_errors.load(Relaxed);
-        let full = counters.channel_full.load(Relaxed);
-        if (decode, full) != (self.decode_errors, self.channel_full) {
+            match stat {
+                Stat::ReadFailed => {
+                    m.kernel_read_errors.inc_by(*d);
+                }
+                _ => m.lost(probes::stat_name(*stat), *d),
+            }
             warn!(
-                decode_errors = decode,
-                channel_full = full,
-                "userspace drops"
+                counter = probes::stat_name(*stat),
+                total, "kernel-side drops or errors"
             );
-            (self.decode_errors, self.channel_full) = (decode, full);
+        }
+        let user = [
+            ("channel_full", counters.channel_full.load(Relaxed)),
+            ("decode_error", counters.decode_errors.load(Relaxed)),
+        ];
+        let mut s = status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, total) in user {
+            let before = s.drops.get(name).copied().unwrap_or(0);
+            if total > before {
+                m.lost(name, total - before);
+                warn!(counter = name, total, "userspace drops");
+            }
+            s.drops.insert(name.to_owned(), total);
+        }
+        for (stat, total) in kernel {
+            s.drops.insert(probes::stat_name(stat).to_owned(), total);
         }
     }
 }

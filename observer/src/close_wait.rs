@@ -15,19 +15,28 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::Path,
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use observer_common::event::{CW_REPORTED, CloseWaitEntry};
+use prometheus_client::{
+    metrics::{family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::events::{
-    Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
-    decode::{Decoder, addr, comm, monotonic_ns},
+use crate::{
+    events::{
+        Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
+        decode::{Decoder, addr, comm, monotonic_ns},
+    },
+    metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
 };
 
 pub mod diag;
@@ -101,6 +110,108 @@ pub struct Tracker {
     owners: HashMap<u64, owners::Owner>,
     /// Owners found in `/proc` for reported leaks, for their `close_wait_resolved`.
     attributed: HashMap<Tuple, owners::Owner>,
+    metrics: Metrics,
+    peers: Arc<Peers>,
+    live: Live,
+}
+
+/// The sockets in CLOSE_WAIT as of the last scan, oldest first; read by the API.
+pub type Live = Arc<Mutex<Vec<SocketView>>>;
+
+/// One socket in CLOSE_WAIT, as `/api/v1/sockets` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SocketView {
+    /// TCP state (`close_wait`).
+    pub state: &'static str,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local address.
+    pub local_addr: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Peer address.
+    pub peer_addr: IpAddr,
+    /// Peer port.
+    pub peer_port: u16,
+    /// Owner (0 while unknown).
+    pub pid: u32,
+    /// Owner's process name.
+    pub comm: String,
+    /// Who connected.
+    pub role: Role,
+    /// Bytes the owner has not read.
+    pub unread_bytes: u32,
+    /// Time in CLOSE_WAIT.
+    pub close_wait_ms: u64,
+    /// True when counted from start-up discovery (the real time is longer).
+    pub close_wait_lower_bound: bool,
+    /// Time since the owner last read, null if it never did.
+    pub last_read_ms_ago: Option<u64>,
+    /// Whether a `close_wait_leak` was reported for it.
+    pub reported: bool,
+}
+
+/// `observer_close_wait_*` series, owned by the tracker.
+#[derive(Clone)]
+pub struct Metrics {
+    sockets: Family<WorkloadPeer, Gauge>,
+    oldest: Family<WorkloadPeer, Gauge<f64, AtomicU64>>,
+    map_entries: Gauge,
+}
+
+impl Metrics {
+    /// Registers the CLOSE_WAIT gauges; the map's fill level goes into the self-metrics.
+    pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics) -> Self {
+        let map = MapLabels {
+            map: observer_common::maps::CLOSE_WAIT.to_owned(),
+        };
+        self_metrics
+            .map_capacity
+            .get_or_create(&map)
+            .set(i64::from(observer_common::maps::CLOSE_WAIT_MAX_ENTRIES));
+        let m = Self {
+            sockets: Family::default(),
+            oldest: Family::default(),
+            map_entries: self_metrics.map_entries.get_or_create_owned(&map),
+        };
+        registry.register(
+            "close_wait_sockets",
+            "Sockets in CLOSE_WAIT (the peer closed, the owner has not), by workload and peer",
+            m.sockets.clone(),
+        );
+        registry.register_with_unit(
+            "close_wait_oldest",
+            "Time the oldest socket of each workload and peer has spent in CLOSE_WAIT",
+            Unit::Seconds,
+            m.oldest.clone(),
+        );
+        m
+    }
+
+    /// Replaces every series with the counts and oldest ages of `views`.
+    fn set(&self, views: &[SocketView], peers: &Peers, entries: usize) {
+        self.map_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        let mut by: BTreeMap<WorkloadPeer, (i64, u64)> = BTreeMap::new();
+        for v in views {
+            let labels = WorkloadPeer {
+                comm: v.comm.clone(),
+                peer: peers.label(v.role, SocketAddr::new(v.peer_addr, v.peer_port)),
+                ..WorkloadPeer::default()
+            };
+            let slot = by.entry(labels).or_default();
+            slot.0 += 1;
+            slot.1 = slot.1.max(v.close_wait_ms);
+        }
+        self.sockets.clear();
+        self.oldest.clear();
+        for (labels, (n, oldest_ms)) in by {
+            self.sockets.get_or_create(&labels).set(n);
+            self.oldest
+                .get_or_create(&labels)
+                .set(oldest_ms as f64 / 1000.0);
+        }
+    }
 }
 
 impl Tracker {
@@ -109,6 +220,9 @@ impl Tracker {
         map: BpfHashMap<MapData, u64, CloseWaitEntry>,
         threshold: Duration,
         decoder: Decoder,
+        metrics: Metrics,
+        peers: Arc<Peers>,
+        live: Live,
     ) -> Self {
         Self {
             map,
@@ -117,7 +231,15 @@ impl Tracker {
             found: BTreeMap::new(),
             owners: HashMap::new(),
             attributed: HashMap::new(),
+            metrics,
+            peers,
+            live,
         }
+    }
+
+    /// The live view the API reads.
+    pub fn live(&self) -> Live {
+        self.live.clone()
     }
 
     fn entries(&self) -> Vec<(u64, CloseWaitEntry)> {
@@ -170,7 +292,8 @@ impl Tracker {
         report
     }
 
-    /// Reports every socket past the threshold that was not reported yet.
+    /// Reads the map, refreshes the live view and the gauges, and reports every socket past
+    /// the threshold that was not reported yet.
     pub fn scan(&mut self) -> Vec<Event> {
         let now = monotonic_ns();
         let threshold = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
@@ -182,10 +305,11 @@ impl Tracker {
             .collect();
         self.owners.retain(|ino, _| live.contains(ino));
         let due: Vec<(u64, CloseWaitEntry)> = entries
-            .into_iter()
+            .iter()
             .filter(|(_, e)| {
                 e.flags & CW_REPORTED == 0 && now.saturating_sub(e.entered_ns) >= threshold
             })
+            .copied()
             .collect();
         let found_due: Vec<Tuple> = self
             .found
@@ -224,7 +348,71 @@ impl Tracker {
                 out.push(self.leak_from_found(t, &f, now));
             }
         }
+        let mut views: Vec<SocketView> = entries
+            .iter()
+            .map(|(_, e)| self.view_of_entry(e, now))
+            .collect();
+        views.extend(
+            self.found
+                .iter()
+                .map(|(t, f)| self.view_of_found(*t, f, now)),
+        );
+        views.sort_by_key(|v| std::cmp::Reverse(v.close_wait_ms));
+        self.metrics.set(&views, &self.peers, entries.len());
+        *self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = views;
         out
+    }
+
+    fn owner_of(&self, e: &CloseWaitEntry) -> (u32, String, u64) {
+        match self.owners.get(&e.inode) {
+            Some(o) if e.pid == 0 => (o.pid, o.comm.clone(), o.cgroup_id),
+            _ => (e.pid, comm(&e.comm), e.cgroup_id),
+        }
+    }
+
+    fn view_of_entry(&self, e: &CloseWaitEntry, now: u64) -> SocketView {
+        let t = Tuple::of_entry(e);
+        let (pid, comm, _) = self.owner_of(e);
+        SocketView {
+            state: "close_wait",
+            netns: t.netns,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.peer.ip(),
+            peer_port: t.peer.port(),
+            pid,
+            comm,
+            role: Role::from_wire(e.role),
+            unread_bytes: e.unread(),
+            close_wait_ms: now.saturating_sub(e.entered_ns) / 1_000_000,
+            close_wait_lower_bound: false,
+            last_read_ms_ago: (e.last_read_ns != 0)
+                .then(|| now.saturating_sub(e.last_read_ns) / 1_000_000),
+            reported: e.flags & CW_REPORTED != 0,
+        }
+    }
+
+    fn view_of_found(&self, t: Tuple, f: &Found, now: u64) -> SocketView {
+        let owner = self.owners.get(&f.inode);
+        SocketView {
+            state: "close_wait",
+            netns: t.netns,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.peer.ip(),
+            peer_port: t.peer.port(),
+            pid: owner.map_or(0, |o| o.pid),
+            comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+            role: Role::Unknown,
+            unread_bytes: f.unread,
+            close_wait_ms: now.saturating_sub(f.at_ns) / 1_000_000,
+            close_wait_lower_bound: true,
+            last_read_ms_ago: None,
+            reported: f.reported,
+        }
     }
 
     fn leak_from_entry(&self, e: &CloseWaitEntry, now: u64) -> Event {
@@ -233,13 +421,11 @@ impl Tracker {
         let last_read_ms_ago =
             (e.last_read_ns != 0).then(|| now.saturating_sub(e.last_read_ns) / 1_000_000);
         let unread = e.unread();
-        let (pid, comm_, cgroup_id) = match self.owners.get(&e.inode) {
-            Some(o) if e.pid == 0 => (o.pid, o.comm.clone(), o.cgroup_id),
-            _ => (e.pid, comm(&e.comm), e.cgroup_id),
-        };
+        let (pid, comm_, cgroup_id) = self.owner_of(e);
         Event {
             id: 0,
             ts: self.decoder.wall_clock(now),
+            wall_ns: self.decoder.wall_ns(now),
             kind: Kind::CloseWaitLeak,
             pid,
             comm: comm_,
@@ -272,6 +458,7 @@ impl Tracker {
         Event {
             id: 0,
             ts: self.decoder.wall_clock(now),
+            wall_ns: self.decoder.wall_ns(now),
             kind: Kind::CloseWaitLeak,
             pid: owner.map_or(0, |o| o.pid),
             comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),

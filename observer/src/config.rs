@@ -25,6 +25,102 @@ pub enum Command {
     /// Load and attach every probe, print the attach plan, kernel release and BTF offsets,
     /// detach; exit 0 when the required hooks work, 1 otherwise.
     Check(ProbeArgs),
+    /// Query recent events from an agent (newest first; `--follow` streams new ones).
+    Events(EventsArgs),
+    /// List live tracked sockets (sockets in CLOSE_WAIT) of an agent.
+    Sockets(SocketsArgs),
+    /// Show an agent's probes, hook types, counters and drops.
+    Status(ClientArgs),
+}
+
+/// How client commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON (one object per line with `events --follow`).
+    Json,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The agent's API.
+    #[arg(
+        long,
+        env = "OBSERVER_AGENT",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9464"
+    )]
+    pub agent: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// Flags of `observer events`.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    /// Agent and output.
+    pub client: ClientArgs,
+    /// Only this kind (rst_on_close, linger_abort, close_wait_leak, close_wait_resolved).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Not before: RFC 3339, or a duration ago (`10m`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Not after: RFC 3339, or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this owner process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only this process name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only this pod.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only this Kubernetes namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only this peer: `IP` or `IP:PORT`.
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub peer: Option<String>,
+    /// At most this many (1 to 10000; the agent's default is 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Keep printing new events as they happen (oldest first).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Flags of `observer sockets`.
+#[derive(Debug, Clone, Args)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    /// Agent and output.
+    pub client: ClientArgs,
+    /// TCP state (only close-wait is tracked).
+    #[arg(long, default_value = "close-wait")]
+    pub state: String,
+    /// Only sockets in that state for at least this long (`30s`).
+    #[arg(long, value_name = "DURATION")]
+    pub min_age: Option<String>,
+    /// Only this owner process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only this process name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only this peer: `IP` or `IP:PORT`.
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub peer: Option<String>,
+    /// At most this many.
+    #[arg(long)]
+    pub limit: Option<u32>,
 }
 
 /// Flags that choose how the probes are loaded.
@@ -86,6 +182,52 @@ pub struct AgentArgs {
         value_parser = humantime::parse_duration
     )]
     pub close_wait_threshold: std::time::Duration,
+
+    /// Address of the HTTP API and `/metrics`.
+    #[arg(
+        long,
+        env = "OBSERVER_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Directory of the event history (`events.db`, SQLite).
+    #[arg(
+        long,
+        env = "OBSERVER_DATA_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/observer"
+    )]
+    pub data_dir: PathBuf,
+
+    /// How long events are kept in the history.
+    #[arg(
+        long,
+        env = "OBSERVER_RETENTION",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = humantime::parse_duration
+    )]
+    pub retention: std::time::Duration,
+
+    /// Most events kept in the history; the oldest go first.
+    #[arg(
+        long,
+        env = "OBSERVER_MAX_EVENTS",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
+    pub max_events: u64,
+
+    /// Distinct peers named in metric labels; more fold into `peer="other"`.
+    #[arg(
+        long,
+        env = "OBSERVER_PEER_LABEL_LIMIT",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub peer_label_limit: usize,
 }
 
 /// A flag value that parsed but makes no sense.
@@ -100,6 +242,12 @@ pub enum Error {
     /// `--close-wait-threshold` is zero.
     #[error("invalid --close-wait-threshold: it must be longer than 0s")]
     ZeroThreshold,
+    /// `--retention` is zero.
+    #[error("invalid --retention: it must be longer than 0s")]
+    ZeroRetention,
+    /// `--max-events` is zero.
+    #[error("invalid --max-events: keep at least one event")]
+    ZeroMaxEvents,
 }
 
 impl AgentArgs {
@@ -108,6 +256,12 @@ impl AgentArgs {
         self.probes.validate()?;
         if self.close_wait_threshold.is_zero() {
             return Err(Error::ZeroThreshold);
+        }
+        if self.retention.is_zero() {
+            return Err(Error::ZeroRetention);
+        }
+        if self.max_events == 0 {
+            return Err(Error::ZeroMaxEvents);
         }
         Ok(())
     }

@@ -26,6 +26,36 @@ pub enum Kind {
     CloseWaitResolved,
 }
 
+impl Kind {
+    /// Every kind, in the order they are documented.
+    pub const ALL: [Self; 4] = [
+        Self::RstOnClose,
+        Self::LingerAbort,
+        Self::CloseWaitLeak,
+        Self::CloseWaitResolved,
+    ];
+
+    /// The name the API, the log and the store use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RstOnClose => "rst_on_close",
+            Self::LingerAbort => "linger_abort",
+            Self::CloseWaitLeak => "close_wait_leak",
+            Self::CloseWaitResolved => "close_wait_resolved",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Every name, comma-separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +86,9 @@ pub struct Event {
     pub id: u64,
     /// RFC 3339, UTC, nanoseconds.
     pub ts: String,
+    /// The same instant as nanoseconds since the Unix epoch, for filters (not serialized).
+    #[serde(skip)]
+    pub wall_ns: u64,
     /// What happened.
     pub kind: Kind,
     /// Owner's thread-group id (never the softirq context).

@@ -10,22 +10,30 @@
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
+//! * [`metrics`] — the Prometheus registry, shared label sets, bounded peers, self-metrics.
 //! * [`output`] — the JSON-lines event log.
+//! * [`store`] — the embedded event history (SQLite): batched appends, filters, retention.
+//! * [`api`] — the read-only HTTP API: metrics, health, events, sockets, status.
 //! * [`agent`] / [`check`] — the `observer agent` and `observer check` commands.
+//! * [`cli`] — `observer events | sockets | status`, clients of an agent's API.
 //! * [`shutdown`] — SIGINT and SIGTERM.
 //!
 //! Data flow: `probes` → `events::reader` → bounded `mpsc` → `close_wait` (one task, adds leak
 //! events) → bounded `mpsc` → `output`.
 
 pub mod agent;
+pub mod api;
 pub mod btf;
 pub mod check;
+pub mod cli;
 pub mod close_wait;
 pub mod config;
 pub mod events;
 pub mod host;
 pub mod layout;
+pub mod metrics;
 pub mod output;
 pub mod probes;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use observer::{
-    agent, check,
+    agent, check, cli,
     config::{Cli, Command},
     telemetry,
 };
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     let valid = match &cli.command {
         Command::Agent(a) => a.validate(),
         Command::Check(p) => p.validate(),
+        Command::Events(_) | Command::Sockets(_) | Command::Status(_) => Ok(()),
     };
     if let Err(e) = valid {
         eprintln!("observer: {e}");
@@ -55,6 +56,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(agent::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Events(args) => cli::events(&args).map(|()| ExitCode::SUCCESS),
+        Command::Sockets(args) => cli::sockets(&args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => cli::status(&args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => {
             let (report, code) = check::run(&args)?;
             #[expect(clippy::print_stdout, reason = "the report is the command's output")]

@@ -1,46 +1,156 @@
-//! The JSON-lines event log: one JSON object per line on stdout, the same object the API will
-//! return. Writes are batched: everything queued is written, then flushed once.
+//! The sink: every event ends here, on a thread of its own (SQLite and stdout writes block).
+//! Each batch (whatever the channel holds) is numbered and appended to the store in one
+//! transaction, counted into the detector counters, and written to the JSON-lines log, one
+//! object per line, the same object the API returns. A failed store write is counted
+//! (`observer_events_lost_total{source="store_error"}`) and nothing else stops.
 
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
-    sync::mpsc,
+use std::{
+    io::Write,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
-use crate::events::Event;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    events::{Event, Kind},
+    metrics::{Peers, SelfMetrics, Totals, WorkloadPeer},
+    store::Store,
+};
 
 /// Where events are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogEvents {
     /// One JSON object per line on standard output.
     Stdout,
-    /// Not written (events still count).
+    /// Not written (events still count and are stored).
     None,
 }
 
-/// Numbers and writes every event from `rx` to `out` until the channel closes.
-pub async fn run<W: AsyncWrite + Unpin>(
-    mut rx: mpsc::Receiver<Event>,
-    mode: LogEvents,
-    mut out: W,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut next_id = 1u64;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(mut ev) = next {
-            ev.id = next_id;
-            next_id += 1;
-            if mode == LogEvents::Stdout {
-                serde_json::to_writer(&mut buf, &ev).map_err(std::io::Error::other)?;
-                buf.push(b'\n');
+/// Detector counters, one family per event kind, by workload and peer.
+#[derive(Clone)]
+pub struct Metrics {
+    rst_on_close: Family<WorkloadPeer, Counter>,
+    linger_abort: Family<WorkloadPeer, Counter>,
+    close_wait_leaks: Family<WorkloadPeer, Counter>,
+}
+
+impl Metrics {
+    /// Registers `observer_rst_on_close_total`, `observer_linger_abort_total` and
+    /// `observer_close_wait_leaks_total`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            rst_on_close: Family::default(),
+            linger_abort: Family::default(),
+            close_wait_leaks: Family::default(),
+        };
+        registry.register(
+            "rst_on_close",
+            "Sockets closed by their owner with unread bytes, so the kernel sent RST instead of FIN",
+            m.rst_on_close.clone(),
+        );
+        registry.register(
+            "linger_abort",
+            "Sockets closed with SO_LINGER timeout 0 and nothing unread (deliberate aborts)",
+            m.linger_abort.clone(),
+        );
+        registry.register(
+            "close_wait_leaks",
+            "Sockets that stayed in CLOSE_WAIT longer than the threshold",
+            m.close_wait_leaks.clone(),
+        );
+        m
+    }
+
+    fn count(&self, peers: &Peers, e: &Event) {
+        let family = match e.kind {
+            Kind::RstOnClose => &self.rst_on_close,
+            Kind::LingerAbort => &self.linger_abort,
+            Kind::CloseWaitLeak => &self.close_wait_leaks,
+            Kind::CloseWaitResolved => return,
+        };
+        family.get_or_create(&peers.of_event(e)).inc();
+    }
+}
+
+/// Everything the sink needs.
+pub struct Sink {
+    /// The history.
+    pub store: Store,
+    /// Whether to write JSON lines.
+    pub mode: LogEvents,
+    /// Counters by kind.
+    pub metrics: Metrics,
+    /// Peer labels.
+    pub peers: Arc<Peers>,
+    /// Loss counters.
+    pub self_metrics: SelfMetrics,
+    /// Event totals for status.
+    pub totals: Arc<Totals>,
+    /// `--retention`.
+    pub retention: Duration,
+    /// `--max-events`.
+    pub max_events: u64,
+}
+
+/// How often the history is pruned.
+const PRUNE_EVERY: Duration = Duration::from_mins(1);
+
+impl Sink {
+    /// Consumes `rx` until it closes, writing to `out`.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Event>, mut out: impl Write) {
+        let mut last_prune = Instant::now();
+        self.prune();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while let Ok(e) = rx.try_recv() {
+                batch.push(e);
             }
-            next = rx.try_recv().ok();
-        }
-        if !buf.is_empty() {
-            out.write_all(&buf).await?;
-            out.flush().await?;
-            buf.clear();
+            if let Err(e) = self.store.append(&mut batch) {
+                self.self_metrics.lost("store_error", batch.len() as u64);
+                tracing::warn!(error = %e, events = batch.len(), "event store write failed; events still logged and counted");
+            }
+            for e in &batch {
+                self.metrics.count(&self.peers, e);
+                if self.mode == LogEvents::Stdout {
+                    let _ = serde_json::to_writer(&mut buf, e);
+                    buf.push(b'\n');
+                }
+            }
+            self.totals
+                .events
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if !buf.is_empty() {
+                if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
+                    tracing::warn!(error = %e, "writing the event log failed");
+                }
+                buf.clear();
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                self.prune();
+                last_prune = Instant::now();
+            }
         }
     }
-    Ok(())
+
+    fn prune(&self) {
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        let keep = u64::try_from(self.retention.as_nanos()).unwrap_or(u64::MAX);
+        match self.store.prune(now, keep, self.max_events) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "pruned the event history"),
+            Err(e) => tracing::warn!(error = %e, "pruning the event history failed"),
+        }
+    }
 }

@@ -86,6 +86,7 @@ impl Decoder {
         Ok(Event {
             id: 0,
             ts: self.wall_clock(raw.ts_ns),
+            wall_ns: self.wall_ns(raw.ts_ns),
             kind,
             pid: raw.pid,
             comm: comm(&raw.comm),
@@ -118,6 +119,11 @@ impl Decoder {
             return None;
         }
         self.layout.rst_reason(raw).map(str::to_owned)
+    }
+
+    /// Nanoseconds since the Unix epoch of a CLOCK_MONOTONIC nanosecond time.
+    pub fn wall_ns(&self, ts_ns: u64) -> u64 {
+        u64::try_from(i128::from(ts_ns) + self.wall_offset_ns).unwrap_or(0)
     }
 
     /// RFC 3339 wall-clock time of a CLOCK_MONOTONIC nanosecond time.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::support::{Agent, events, in_netns, require_bpf};
+use super::support::{Agent, events, in_netns, require_bpf, tcp_ext};
 
 const PYTHON: &str = "/usr/bin/python3";
 const BODY: usize = 8 << 20;
@@ -76,12 +76,19 @@ fn curl_stopped_early_is_caught_with_its_pid() {
             .stderr(Stdio::null())
             .spawn()
             .expect("curl");
-        // `curl ... | head -c 100`: read 100 bytes, then close the pipe.
+        // `curl ... | head -c 100`: read 100 bytes, then stop reading: curl blocks on the full
+        // pipe while its socket's receive queue fills; closing the pipe then kills it mid-body.
+        let before = tcp_ext("TCPAbortOnClose");
         let mut out = curl.stdout.take().unwrap();
         let mut head = [0u8; 100];
         out.read_exact(&mut head).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
         drop(out);
         let _ = curl.wait();
+        assert!(
+            tcp_ext("TCPAbortOnClose") > before,
+            "the kernel saw curl abort"
+        );
         (ns, curl.id(), server.port)
     });
     assert_client_blamed(&events(&agent, ns, 1), curl_pid, "curl", port);
@@ -96,7 +103,7 @@ fn python_requests_closing_a_streamed_response_is_caught() {
     let (ns, py_pid, port) = in_netns(|ns| {
         let server = HttpServer::start();
         let script = format!(
-            "import requests\nr = requests.get('http://127.0.0.1:{}/big', stream=True)\nr.raw.read(100)\nr.close()\n",
+            "import requests, time\nr = requests.get('http://127.0.0.1:{}/big', stream=True)\nr.raw.read(100)\ntime.sleep(0.3)\nr.close()\n",
             server.port
         );
         let mut py = Command::new(PYTHON)

@@ -176,10 +176,15 @@ impl Drop for PinDir {
     }
 }
 
-/// The agent as a child process. Events are parsed from its stdout and kept per netns.
+/// The agent as a child process, with an API port and a data dir of its own. Events are parsed
+/// from its stdout and kept per netns.
 pub(crate) struct Agent {
     child: Child,
     shared: Arc<(Mutex<Shared>, Condvar)>,
+    /// `http://127.0.0.1:PORT` of its API.
+    pub(crate) url: String,
+    /// Its data dir, unless the test gave one.
+    _data: Option<tempfile::TempDir>,
     /// Dropped after the child is stopped (fields drop after `Drop::drop`).
     pins: Option<PinDir>,
 }
@@ -194,12 +199,18 @@ impl Agent {
         agent
     }
 
-    /// Starts `observer agent` pinning its maps in `pins` (shared with a later agent).
+    /// Starts `observer agent` pinning its maps in `pins` (shared with a later agent), with a
+    /// data dir of its own unless `args` has `--data-dir`.
     pub(crate) fn start_pinned(pins: &PinDir, args: &[&str]) -> Self {
-        let mut child = Command::new(OBSERVER)
-            .arg("agent")
-            .args(["--pin-dir", pins.path()])
-            .args(args)
+        let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
+        let mut cmd = Command::new(OBSERVER);
+        cmd.arg("agent")
+            .args(["--pin-dir", pins.path(), "--listen", "127.0.0.1:0"])
+            .args(args);
+        if let Some(d) = &data {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        let mut child = cmd
             .env("OBSERVER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -234,9 +245,11 @@ impl Agent {
             m.lock().unwrap().exited = true;
             cv.notify_all();
         });
-        let agent = Self {
+        let mut agent = Self {
             child,
             shared,
+            url: String::new(),
+            _data: data,
             pins: None,
         };
         {
@@ -252,6 +265,10 @@ impl Agent {
                 "agent did not become ready:\n{}",
                 g.stderr.join("\n")
             );
+            let ready = g.stderr.iter().find(|l| l.contains("agent ready")).unwrap();
+            let listen = ready.split("listen=").nth(1).unwrap();
+            let listen = listen.split_whitespace().next().unwrap();
+            agent.url = format!("http://{listen}");
         }
         agent
     }

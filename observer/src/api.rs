@@ -1,0 +1,117 @@
+//! The agent's HTTP API, read-only, on `--listen` (default `127.0.0.1:9464`):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks for it |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once every required probe is attached, 503 before |
+//! | `GET /api/v1/events` | `{"events":[...]}` newest first; filters `kind since until pid comm pod namespace peer after_id limit` |
+//! | `GET /api/v1/sockets` | `{"sockets":[...]}` live CLOSE_WAIT sockets, oldest first; `state min_age pid comm peer limit` |
+//! | `GET /api/v1/status` | probes, kernel, counters, drops, uptime |
+//!
+//! Every bad or unknown parameter is a 400 with `{"error":"invalid parameter NAME: why"}`;
+//! `limit` is at most 10,000 ([`crate::store::MAX_LIMIT`]), so every answer is bounded.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{Router, routing::get};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::{close_wait::Live, metrics::Totals, probes::PlanEntry, store::Reader};
+
+mod handlers;
+
+/// What the handlers read. Cloned into every request (all fields are shared handles).
+#[derive(Clone)]
+pub struct State {
+    /// The whole registry, encoded on each scrape.
+    pub registry: Arc<Registry>,
+    /// Released once every required probe is attached.
+    pub ready: Arc<AtomicBool>,
+    /// The event history.
+    pub reader: Arc<Mutex<Reader>>,
+    /// Sockets in CLOSE_WAIT as of the last scan.
+    pub live: Live,
+    /// Plan, kernel, drops: written by the agent, read by `/api/v1/status`.
+    pub status: Arc<Mutex<Status>>,
+    /// Events written.
+    pub totals: Arc<Totals>,
+    /// When the agent started.
+    pub started: Instant,
+}
+
+/// The parts of `/api/v1/status` the agent fills in as it goes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// `uname -r`.
+    pub kernel: String,
+    /// The attach plan.
+    pub probes: Vec<ProbeStatus>,
+    /// Loss and error counters by source.
+    pub drops: BTreeMap<String, u64>,
+    /// `--close-wait-threshold` in milliseconds.
+    pub close_wait_threshold_ms: u64,
+}
+
+/// One probe in `/api/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    /// What it is for.
+    pub purpose: &'static str,
+    /// Whether the agent needs it.
+    pub required: bool,
+    /// Whether it is attached.
+    pub attached: bool,
+    /// Tracepoint or function.
+    pub hook: Option<&'static str>,
+    /// Program type.
+    pub r#type: Option<String>,
+    /// What was refused on the way, and why.
+    pub refused: Vec<String>,
+}
+
+impl ProbeStatus {
+    /// The status line of a plan entry.
+    pub fn of(p: &PlanEntry) -> Self {
+        Self {
+            purpose: p.purpose,
+            required: p.required,
+            attached: p.chosen.is_some(),
+            hook: p.chosen.map(|(_, h, _)| h),
+            r#type: p.chosen.map(|(t, _, _)| t.to_string()),
+            refused: p
+                .refused
+                .iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect(),
+        }
+    }
+}
+
+impl State {
+    /// Marks the agent ready (every required probe attached).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// The router with every route.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/api/v1/events", get(handlers::events))
+        .route("/api/v1/sockets", get(handlers::sockets))
+        .route("/api/v1/status", get(handlers::status))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}

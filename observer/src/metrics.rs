@@ -1,0 +1,335 @@
+//! The Prometheus registry (`observer_` prefix), the label sets shared by every module, the
+//! bounded peer label, and the agent's self-metrics. Each module registers and owns its own
+//! metrics (`Metrics::register(&mut Registry) -> Self`); this module only encodes the whole.
+//!
+//! Cardinality is bounded by construction: workload labels come from the owner (namespace,
+//! pod, container, comm; empty where unknown), the peer label is `ip:port` for at most
+//! [`Peers`]' limit of distinct peers and `other` beyond it (the folded count is itself a
+//! metric), and ephemeral ports never become labels: a server's peers are labelled by address
+//! only.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::{
+    events::{Event, Role},
+    probes::PlanEntry,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// A new registry with the `observer` prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix("observer")
+}
+
+/// Workload and peer: the labels of every detector series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct WorkloadPeer {
+    /// Kubernetes namespace, empty when unknown.
+    pub namespace: String,
+    /// Pod name, empty when unknown.
+    pub pod: String,
+    /// Container name, empty when unknown.
+    pub container: String,
+    /// Process name.
+    pub comm: String,
+    /// `ip:port`, `ip` for a server's clients, or `other`.
+    pub peer: String,
+}
+
+/// The peer label, bounded: the first `limit` distinct peers are named, later ones fold into
+/// `other` (counted in `observer_peer_labels_folded_total`).
+pub struct Peers {
+    limit: usize,
+    named: Mutex<HashSet<String>>,
+    folded: Counter,
+}
+
+impl Peers {
+    /// A labeller naming at most `limit` peers.
+    pub fn register(registry: &mut Registry, limit: usize) -> Self {
+        let folded = Counter::default();
+        registry.register(
+            "peer_labels_folded",
+            "Series updates whose peer was folded into peer=\"other\" (more distinct peers than --peer-label-limit)",
+            folded.clone(),
+        );
+        Self {
+            limit,
+            named: Mutex::new(HashSet::new()),
+            folded,
+        }
+    }
+
+    /// The peer label for a connection to `peer` in `role`.
+    pub fn label(&self, role: Role, peer: SocketAddr) -> String {
+        let name = match role {
+            // A client's peer is a service (ip:port); a server's peers are clients whose ports
+            // are ephemeral.
+            Role::Client => peer.to_string(),
+            Role::Server | Role::Unknown => peer.ip().to_string(),
+        };
+        // Short critical section, never held across an await.
+        let mut named = self
+            .named
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if named.contains(&name) {
+            return name;
+        }
+        if named.len() < self.limit {
+            named.insert(name.clone());
+            return name;
+        }
+        self.folded.inc();
+        "other".to_owned()
+    }
+
+    /// The labels of an event's owner and peer.
+    pub fn of_event(&self, e: &Event) -> WorkloadPeer {
+        WorkloadPeer {
+            namespace: e.namespace.clone().unwrap_or_default(),
+            pod: e.pod.clone().unwrap_or_default(),
+            container: String::new(),
+            comm: e.comm.clone(),
+            peer: self.label(e.role, SocketAddr::new(e.peer_addr, e.peer_port)),
+        }
+    }
+}
+
+/// Where events were lost.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LostLabels {
+    /// `ringbuf_full_<kind>`, `map_full_<map>`, `channel_full`, `decode_error`, `store_error`.
+    pub source: String,
+}
+
+/// Every `source` of `observer_events_lost_total`.
+pub const LOSS_SOURCES: &[&str] = &[
+    "ringbuf_full_rst_on_close",
+    "ringbuf_full_linger_abort",
+    "ringbuf_full_close_wait_resolved",
+    "pending_map_full",
+    "socks_map_full",
+    "close_wait_map_full",
+    "channel_full",
+    "decode_error",
+    "store_error",
+];
+
+/// One attach-plan entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// What the hook is for.
+    pub purpose: String,
+    /// Tracepoint or function, empty when unavailable.
+    pub hook: String,
+    /// Program type, empty when unavailable.
+    pub r#type: String,
+}
+
+/// The agent's own health: losses, probes, build.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    /// Events lost, by source.
+    pub events_lost: Family<LostLabels, Counter>,
+    /// 1 per attached probe, 0 per unavailable one.
+    pub probe_attached: Family<ProbeLabels, Gauge>,
+    /// Kernel memory reads that failed in the programs.
+    pub kernel_read_errors: Counter,
+    /// Entries in the pinned CLOSE_WAIT map, and its capacity.
+    pub map_entries: Family<MapLabels, Gauge>,
+    /// Capacity of each map reported in `map_entries`.
+    pub map_capacity: Family<MapLabels, Gauge>,
+}
+
+/// A map's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    /// The map.
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+impl SelfMetrics {
+    /// Registers the self-metrics and `observer_build_info`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            events_lost: Family::default(),
+            probe_attached: Family::default(),
+            kernel_read_errors: Counter::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+        };
+        registry.register(
+            "events_lost",
+            "Events lost before reaching the outputs, by source",
+            m.events_lost.clone(),
+        );
+        registry.register(
+            "probe_attached",
+            "Whether each probe is attached (1) or unavailable (0), with its hook and program type",
+            m.probe_attached.clone(),
+        );
+        registry.register(
+            "kernel_read_errors",
+            "Kernel memory reads that failed in the eBPF programs",
+            m.kernel_read_errors.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in an eBPF map",
+            m.map_entries.clone(),
+        );
+        // Every source exists from the start, so a rate or an alert sees 0, not nothing.
+        for source in LOSS_SOURCES {
+            let _ = m.events_lost.get_or_create_owned(&LostLabels {
+                source: (*source).to_owned(),
+            });
+        }
+        registry.register(
+            "map_capacity",
+            "Maximum entries of an eBPF map",
+            m.map_capacity.clone(),
+        );
+        registry.register(
+            "build",
+            "observer's version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        );
+        m
+    }
+
+    /// Records the attach plan.
+    pub fn plan(&self, plan: &[PlanEntry]) {
+        for p in plan {
+            let (hook, ty) = p
+                .chosen
+                .map_or((String::new(), String::new()), |(t, h, _)| {
+                    (h.to_owned(), t.to_string())
+                });
+            self.probe_attached
+                .get_or_create(&ProbeLabels {
+                    purpose: p.purpose.to_owned(),
+                    hook,
+                    r#type: ty,
+                })
+                .set(i64::from(p.chosen.is_some()));
+        }
+    }
+
+    /// Adds `n` losses from `source`.
+    pub fn lost(&self, source: &str, n: u64) {
+        if n > 0 {
+            self.events_lost
+                .get_or_create(&LostLabels {
+                    source: source.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+}
+
+/// Turns monotonically growing totals read elsewhere (kernel per-CPU counters) into counter
+/// increments.
+#[derive(Default)]
+pub struct Deltas {
+    last: Mutex<Vec<u64>>,
+}
+
+impl Deltas {
+    /// The increase of each total since the previous call (the first call counts from zero).
+    pub fn since_last(&self, totals: &[u64]) -> Vec<u64> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.resize(totals.len(), 0);
+        totals
+            .iter()
+            .zip(last.iter_mut())
+            .map(|(now, before)| {
+                let d = now.saturating_sub(*before);
+                *before = (*before).max(*now);
+                d
+            })
+            .collect()
+    }
+}
+
+/// The registry as OpenMetrics text (what `prometheus-client` writes).
+pub fn encode_openmetrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// The registry in the Prometheus text format 0.0.4: OpenMetrics without `# EOF` and `# UNIT`,
+/// with counter families named by their `_total` samples, so plain parsers (and `promtool
+/// check metrics`) type them correctly.
+pub fn encode_prometheus(registry: &Registry) -> String {
+    let open = encode_openmetrics(registry);
+    // OpenMetrics names a counter family `x` and its sample `x_total`, an info family `x` and
+    // its sample `x_info`; the 0.0.4 format names both by the sample, and has no info type.
+    let suffixed: std::collections::HashMap<&str, &str> = open
+        .lines()
+        .filter_map(|l| {
+            let (name, ty) = l.strip_prefix("# TYPE ")?.split_once(' ')?;
+            match ty {
+                "counter" => Some((name, "_total")),
+                "info" => Some((name, "_info")),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let (name, tail) = line.strip_prefix(p)?.split_once(' ')?;
+            let suffix = suffixed.get(name)?;
+            let tail = if tail == "info" { "gauge" } else { tail };
+            Some(format!("{p}{name}{suffix} {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Number of events seen by the outputs, for `/api/v1/status`.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Events written.
+    pub events: AtomicU64,
+}
+
+impl Totals {
+    /// Current count.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,89 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::*;
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
+}
+
+#[test]
+fn clients_name_services_servers_name_hosts() {
+    let mut r = registry();
+    let peers = Peers::register(&mut r, 10);
+    assert_eq!(peers.label(Role::Client, peer(6379)), "10.0.0.1:6379");
+    assert_eq!(
+        peers.label(Role::Server, peer(51234)),
+        "10.0.0.1",
+        "ephemeral ports never become labels"
+    );
+    assert_eq!(peers.label(Role::Unknown, peer(51235)), "10.0.0.1");
+}
+
+#[test]
+fn peers_beyond_the_limit_fold_into_other_and_are_counted() {
+    let mut r = registry();
+    let peers = Peers::register(&mut r, 2);
+    assert_eq!(peers.label(Role::Client, peer(1)), "10.0.0.1:1");
+    assert_eq!(peers.label(Role::Client, peer(2)), "10.0.0.1:2");
+    assert_eq!(peers.label(Role::Client, peer(3)), "other");
+    assert_eq!(
+        peers.label(Role::Client, peer(1)),
+        "10.0.0.1:1",
+        "named peers stay named"
+    );
+    assert_eq!(peers.label(Role::Client, peer(4)), "other");
+    let text = encode_prometheus(&r);
+    assert!(
+        text.lines()
+            .any(|l| l == "observer_peer_labels_folded_total 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn prometheus_text_names_counters_and_info_by_their_samples() {
+    let mut r = registry();
+    let m = SelfMetrics::register(&mut r);
+    m.lost("channel_full", 3);
+    let text = encode_prometheus(&r);
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE observer_events_lost_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"observer_events_lost_total{source="channel_full"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"observer_events_lost_total{source="store_error"} 0"#),
+        "every source from the start"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "# TYPE observer_build_info gauge"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("observer_build_info{version=")),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+    let open = encode_openmetrics(&r);
+    assert!(open.ends_with("# EOF\n"));
+    assert!(
+        open.lines()
+            .any(|l| l == "# TYPE observer_events_lost counter")
+    );
+}
+
+#[test]
+fn deltas_turn_totals_into_increments() {
+    let d = Deltas::default();
+    assert_eq!(d.since_last(&[5, 0]), vec![5, 0]);
+    assert_eq!(d.since_last(&[7, 1]), vec![2, 1]);
+    assert_eq!(d.since_last(&[7, 1]), vec![0, 0]);
+}

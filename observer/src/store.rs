@@ -1,0 +1,199 @@
+//! The embedded event history: SQLite (bundled) in `--data-dir/events.db`, WAL mode.
+//!
+//! One writer (the sink thread) appends in batches, one transaction per batch, and prunes by
+//! age (`--retention`) and by a row cap (`--max-events`). Readers (the API) use their own
+//! connection: WAL lets them read while the writer writes. Ids are assigned here, continuing
+//! from the largest stored one, so they are unique and increasing per data dir, also across
+//! restarts and also when a write fails (a full disk is counted, the events still go to the
+//! log and the metrics).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
+
+use crate::events::Event;
+
+pub mod query;
+
+pub use query::{Filter, MAX_LIMIT};
+
+/// Start-up failures of the store; each names the data dir or file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data dir cannot be created or written.
+    #[error("data dir {dir}: {source} (set --data-dir to a writable directory)")]
+    Dir {
+        /// The directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite refused the file: not a database, corrupt, locked.
+    #[error("event store {file}: {source} (move the file away to start a new history)")]
+    Db {
+        /// The file.
+        file: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    comm TEXT NOT NULL,
+    namespace TEXT,
+    pod TEXT,
+    peer_addr TEXT NOT NULL,
+    peer_port INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
+CREATE INDEX IF NOT EXISTS events_kind_ts ON events (kind, ts_ns);
+CREATE INDEX IF NOT EXISTS events_pid ON events (pid);
+CREATE INDEX IF NOT EXISTS events_comm ON events (comm);
+CREATE INDEX IF NOT EXISTS events_peer ON events (peer_addr, peer_port);
+CREATE INDEX IF NOT EXISTS events_pod ON events (namespace, pod);
+";
+
+/// The writer side of the store.
+pub struct Store {
+    conn: Connection,
+    file: PathBuf,
+    next_id: u64,
+}
+
+/// Opens `dir/events.db` for writing, creating the directory and the schema, and checks it.
+pub fn open(dir: &Path) -> Result<Store, Error> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let file = dir.join("events.db");
+    let db_err = |source| Error::Db {
+        file: file.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(&file).map_err(db_err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if check != "ok" {
+        return Err(db_err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(check),
+        )));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_err)?;
+    conn.execute_batch(SCHEMA).map_err(db_err)?;
+    let max: i64 = conn
+        .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+        .map_err(db_err)?;
+    Ok(Store {
+        conn,
+        next_id: u64::try_from(max).unwrap_or(0) + 1,
+        file,
+    })
+}
+
+impl Store {
+    /// The database file, for readers.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Gives each event its id, then appends them all in one transaction. On error the events
+    /// keep their ids (the log and metrics still see them) and the error is returned to count.
+    pub fn append(&mut self, events: &mut [Event]) -> rusqlite::Result<()> {
+        for e in events.iter_mut() {
+            e.id = self.next_id;
+            self.next_id += 1;
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (id, ts_ns, kind, pid, comm, namespace, pod, peer_addr, peer_port, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for e in events.iter() {
+                let json = serde_json::to_string(e).unwrap_or_default();
+                stmt.execute(rusqlite::params![
+                    e.id as i64,
+                    e.wall_ns as i64,
+                    e.kind.as_str(),
+                    e.pid,
+                    e.comm,
+                    e.namespace,
+                    e.pod,
+                    e.peer_addr.to_string(),
+                    e.peer_port,
+                    json,
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Deletes events older than `keep_ns` before `now_ns` and beyond the newest `max_rows`.
+    pub fn prune(&self, now_ns: u64, keep_ns: u64, max_rows: u64) -> rusqlite::Result<usize> {
+        let cutoff = now_ns.saturating_sub(keep_ns) as i64;
+        let old = self
+            .conn
+            .execute("DELETE FROM events WHERE ts_ns < ?1", [cutoff])?;
+        let over = self.conn.execute(
+            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            [max_rows as i64],
+        )?;
+        Ok(old + over)
+    }
+}
+
+/// A read-only connection for queries.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    /// Opens `file` read-only.
+    pub fn open(file: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open_with_flags(
+            file,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Events matching `f`, newest first, as stored JSON.
+    pub fn query(&self, f: &Filter) -> rusqlite::Result<Vec<String>> {
+        let (sql, args) = f.sql();
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?;
+        rows.collect()
+    }
+
+    /// Number of stored events.
+    pub fn count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Values bound to a query.
+pub(crate) type Args = Vec<Value>;
+
+#[cfg(test)]
+mod tests;
