@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("python3-redis", &["/usr/bin/python3", "-c", "import redis"]),
     ("redis-server", &["redis-server", "--version"]),
     ("iproute2", &["ss", "-V"]),
+    ("prometheus", &["promtool", "--version"]),
 ];
 
 pub(crate) fn run() -> Result<()> {
