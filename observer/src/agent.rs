@@ -43,6 +43,35 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
         .with_context(|| format!("resolving kernel struct layout from {}", args.btf.display()))
 }
 
+/// Every metric family the agent exports, each owned by its module.
+pub struct Registered {
+    /// Losses, probes, build, map fill.
+    pub self_metrics: SelfMetrics,
+    /// The bounded peer label.
+    pub peers: Arc<Peers>,
+    /// Detector counters.
+    pub events: output::Metrics,
+    /// CLOSE_WAIT gauges.
+    pub close_wait: close_wait::Metrics,
+}
+
+/// Registers every metric the agent exports (also used to check `docs/metrics.md`).
+pub fn register_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    peer_label_limit: usize,
+) -> Registered {
+    let self_metrics = SelfMetrics::register(registry);
+    let peers = Arc::new(Peers::register(registry, peer_label_limit));
+    let events = output::Metrics::register(registry);
+    let close_wait = close_wait::Metrics::register(registry, &self_metrics);
+    Registered {
+        self_metrics,
+        peers,
+        events,
+        close_wait,
+    }
+}
+
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -54,10 +83,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         store::Reader::open(store.file()).context("opening the event store for reading")?;
 
     let mut registry = metrics::registry();
-    let self_metrics = SelfMetrics::register(&mut registry);
-    let peers = Arc::new(Peers::register(&mut registry, args.peer_label_limit));
-    let event_metrics = output::Metrics::register(&mut registry);
-    let close_wait_metrics = close_wait::Metrics::register(&mut registry, &self_metrics);
+    let Registered {
+        self_metrics,
+        peers,
+        events: event_metrics,
+        close_wait: close_wait_metrics,
+    } = register_metrics(&mut registry, args.peer_label_limit);
     let totals = Arc::new(Totals::default());
     let state = api::State {
         registry: Arc::new(registry),

@@ -103,15 +103,29 @@ impl State {
     }
 }
 
+/// Every route, as documented in `docs/api.md` (a test checks both ways).
+pub const ROUTES: [&str; 6] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/api/v1/events",
+    "/api/v1/sockets",
+    "/api/v1/status",
+];
+
+/// Parameters of `/api/v1/sockets`.
+pub const SOCKETS_PARAMS: [&str; 6] = ["state", "min_age", "pid", "comm", "peer", "limit"];
+
 /// The router with every route.
 pub fn router(state: State) -> Router {
+    let [metrics, healthz, readyz, events, sockets, status] = ROUTES;
     Router::new()
-        .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/api/v1/events", get(handlers::events))
-        .route("/api/v1/sockets", get(handlers::sockets))
-        .route("/api/v1/status", get(handlers::status))
+        .route(metrics, get(handlers::metrics))
+        .route(healthz, get(handlers::healthz))
+        .route(readyz, get(handlers::readyz))
+        .route(events, get(handlers::events))
+        .route(sockets, get(handlers::sockets))
+        .route(status, get(handlers::status))
         .fallback(handlers::not_found)
         .with_state(state)
 }

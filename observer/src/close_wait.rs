@@ -188,8 +188,9 @@ impl Metrics {
         m
     }
 
-    /// Replaces every series with the counts and oldest ages of `views`.
-    fn set(&self, views: &[SocketView], peers: &Peers, entries: usize) {
+    /// Replaces every series with the counts and oldest ages of `views`, and the map's fill
+    /// level with `entries`.
+    pub fn set(&self, views: &[SocketView], peers: &Peers, entries: usize) {
         self.map_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         let mut by: BTreeMap<WorkloadPeer, (i64, u64)> = BTreeMap::new();

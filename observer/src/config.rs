@@ -20,7 +20,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: load and attach the probes, write each event as a JSON line.
+    /// Run the agent: attach the probes, serve the HTTP API and /metrics, store and log events.
     Agent(AgentArgs),
     /// Load and attach every probe, print the attach plan, kernel release and BTF offsets,
     /// detach; exit 0 when the required hooks work, 1 otherwise.

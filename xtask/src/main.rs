@@ -6,10 +6,12 @@
 //! * `cargo xtask test` — setup, the Debian packages the tests drive, `cargo fmt --check`, clippy
 //!   on host and eBPF target with `-D warnings`, then every test, kernel tests included.
 //! * `cargo xtask clippy` — clippy on the host crates, then on the eBPF crate.
+//! * `cargo xtask bench` — the measured benchmarks; tables on stdout, JSON in `target/bench/`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod clippy;
 mod run;
 mod setup;
@@ -36,6 +38,8 @@ enum Command {
     Test,
     /// Run clippy with -D warnings on the host crates and on the eBPF crate.
     Clippy,
+    /// Run the measured benchmarks (release mode) and print their tables.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -44,6 +48,7 @@ fn main() -> Result<()> {
         Command::Run { args } => run::run(&args),
         Command::Test => test::run(),
         Command::Clippy => clippy::run(),
+        Command::Bench => bench::run(),
     }
 }
 

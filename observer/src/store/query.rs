@@ -13,6 +13,20 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// Events returned when no `limit` is given.
 pub const DEFAULT_LIMIT: u32 = 100;
 
+/// Parameters of `/api/v1/events` (and the filters of `observer events`).
+pub const PARAMS: [&str; 10] = [
+    "kind",
+    "since",
+    "until",
+    "pid",
+    "comm",
+    "pod",
+    "namespace",
+    "peer",
+    "after_id",
+    "limit",
+];
+
 /// What to select.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
@@ -195,5 +209,21 @@ impl Filter {
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         args.push(Value::Integer(i64::from(self.limit)));
         (sql, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_parameter_is_understood() {
+        for p in PARAMS {
+            let e = Filter::from_pairs([(p, "\u{1}")], 0).err();
+            assert!(
+                e.as_ref().is_none_or(|e| e.why != "unknown parameter"),
+                "{p} is listed but not parsed"
+            );
+        }
     }
 }
