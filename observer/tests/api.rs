@@ -53,6 +53,8 @@ fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) 
 struct Server {
     url: String,
     state: api::State,
+    /// The writer, to add events while a client follows.
+    store: Mutex<store::Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,6 +92,7 @@ fn serve(mut events: Vec<Event>) -> Server {
     Server {
         url: format!("http://{addr}"),
         state,
+        store: Mutex::new(st),
         _dir: dir,
     }
 }
@@ -318,4 +321,42 @@ fn an_unreachable_agent_is_one_line_and_non_zero() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn events_follow_streams_what_arrives() {
+    use std::io::BufRead as _;
+    let s = serve(sample());
+    let mut child = Command::new(OBSERVER)
+        .args([
+            "events",
+            "--follow",
+            "--output",
+            "json",
+            "--agent",
+            &s.url,
+            "--kind",
+            "rst_on_close",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_id = || {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        v["id"].as_u64().unwrap()
+    };
+    assert_eq!(
+        (next_id(), next_id()),
+        (1, 2),
+        "what is there, oldest first"
+    );
+    let mut more = vec![
+        event(Kind::LingerAbort, 20, "envoy", "10.0.0.3", 80, 5_000),
+        event(Kind::RstOnClose, 21, "curl", "10.0.0.3", 80, 6_000),
+    ];
+    s.store.lock().unwrap().append(&mut more).unwrap();
+    assert_eq!(next_id(), 6, "then new events of the kind, as they come");
+    let _ = child.kill();
+    let _ = child.wait();
 }
