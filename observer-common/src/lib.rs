@@ -13,6 +13,10 @@ pub mod tcp;
 pub mod maps {
     /// Ring buffer carrying [`crate::event::RawEvent`]s to userspace.
     pub const EVENTS: &str = "EVENTS";
+    /// Size of [`EVENTS`] in bytes.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Per-CPU high-water mark of bytes waiting in [`EVENTS`], reset by userspace as it reads.
+    pub const EVENTS_FILL: &str = "EVENTS_FILL";
     /// Per-CPU counters indexed by [`crate::event::Stat`].
     pub const STATS: &str = "STATS";
     /// Runtime settings written by userspace before the required hook is attached

@@ -6,12 +6,21 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::event::{Kind, RawEvent, Stat};
 
-use crate::maps::{EVENTS, STATS};
+use crate::maps::{EVENTS, EVENTS_FILL, STATS};
+
+/// `BPF_RB_AVAIL_DATA`: bytes produced and not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Sends `ev` to userspace, counting it as lost when the ring buffer is full.
 #[inline(always)]
 pub(crate) fn event<C: EbpfContext>(ctx: &C, ev: &RawEvent) {
-    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
+    if EVENTS.output::<RawEvent>(ev, 0).is_ok() {
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+        if let Some(peak) = EVENTS_FILL.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot of a live map; no other program runs on this CPU meanwhile.
+            unsafe { *peak = (*peak).max(waiting) };
+        }
+    } else {
         let stat = match ev.kind {
             k if k == Kind::LingerAbort as u8 => Stat::lost(Kind::LingerAbort),
             k if k == Kind::CloseWaitResolved as u8 => Stat::lost(Kind::CloseWaitResolved),

@@ -33,9 +33,14 @@ pub(crate) fn load(field: *const u32) -> u32 {
 }
 
 /// Anomalies for userspace. Written: `emit::event`. Read: the agent's ring-buffer reader.
-/// 1 MiB holds ~8,000 events: a burst of aborts between two wake-ups fits.
+/// 1 MiB holds ~7,000 events: a burst of aborts between two wake-ups fits.
 #[map]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(observer_common::maps::EVENTS_BYTES, 0);
+
+/// Most bytes seen waiting in `EVENTS` right after an output, per CPU. Raised: `emit::event`.
+/// Read and reset to 0: the agent, every second (the ring's fill level).
+#[map]
+pub(crate) static EVENTS_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop and error counters, indexed by `Stat`. Written: `emit::count`. Read: the agent.
 #[map]

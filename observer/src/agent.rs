@@ -155,7 +155,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let why = loop {
         tokio::select! {
             s = shutdown.received() => break s,
-            _ = tick.tick() => drops.update(&probes, &counters, &self_metrics, &state.status),
+            _ = tick.tick() => {
+                drops.update(&probes, &counters, &self_metrics, &state.status);
+                self_metrics.ringbuf_used.set(i64::try_from(probes.take_ring_fill()).unwrap_or(i64::MAX));
+            }
         }
     };
     info!(signal = why, "detaching probes");

@@ -155,6 +155,8 @@ pub struct SelfMetrics {
     pub map_entries: Family<MapLabels, Gauge>,
     /// Capacity of each map reported in `map_entries`.
     pub map_capacity: Family<MapLabels, Gauge>,
+    /// Most bytes seen waiting in the events ring buffer during the last second.
+    pub ringbuf_used: Gauge,
 }
 
 /// A map's name.
@@ -178,6 +180,7 @@ impl SelfMetrics {
             kernel_read_errors: Counter::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            ringbuf_used: Gauge::default(),
         };
         registry.register(
             "events_lost",
@@ -209,6 +212,20 @@ impl SelfMetrics {
             "map_capacity",
             "Maximum entries of an eBPF map",
             m.map_capacity.clone(),
+        );
+        registry.register_with_unit(
+            "ringbuf_used",
+            "Most bytes waiting in the events ring buffer during the last second (it is full at observer_ringbuf_capacity_bytes)",
+            prometheus_client::registry::Unit::Bytes,
+            m.ringbuf_used.clone(),
+        );
+        let capacity: Gauge = Gauge::default();
+        capacity.set(i64::from(observer_common::maps::EVENTS_BYTES));
+        registry.register_with_unit(
+            "ringbuf_capacity",
+            "Size of the events ring buffer",
+            prometheus_client::registry::Unit::Bytes,
+            capacity,
         );
         registry.register(
             "build",

@@ -140,6 +140,7 @@ pub struct Probes {
     ebpf: Ebpf,
     plan: Vec<PlanEntry>,
     stats: PerCpuArray<MapData, u64>,
+    fill: PerCpuArray<MapData, u64>,
 }
 
 impl Probes {
@@ -184,10 +185,12 @@ impl Probes {
             });
         }
         let counters = take(&mut ebpf, maps::STATS)?;
+        let fill = take(&mut ebpf, maps::EVENTS_FILL)?;
         Ok(Self {
             ebpf,
             plan,
             stats: counters,
+            fill,
         })
     }
 
@@ -232,6 +235,21 @@ impl Probes {
                 None
             }
         }
+    }
+
+    /// The most bytes seen waiting in the events ring buffer since the last call (the kernel's
+    /// per-CPU high-water marks, then reset).
+    pub fn take_ring_fill(&mut self) -> u64 {
+        let peak = self
+            .fill
+            .get(&0, 0)
+            .map_or(0, |v| v.iter().copied().max().unwrap_or(0));
+        if let Ok(zeros) =
+            aya::maps::PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().unwrap_or(1)])
+        {
+            let _ = self.fill.set(0, zeros, 0);
+        }
+        peak
     }
 
     /// The kernel-side counters summed over CPUs, in `Stat::ALL` order.
