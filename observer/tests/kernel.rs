@@ -18,4 +18,5 @@ mod kernel {
     mod prometheus;
     mod real_clients;
     mod rst_on_close;
+    mod store_full;
 }
