@@ -37,6 +37,7 @@ fn event(i: u64, now: u64) -> Event {
         comm: format!("svc-{}", i % 40),
         cgroup_id: i % 300,
         container_id: None,
+        container: None,
         pod: Some(format!("pod-{}", i % 120)),
         namespace: Some(format!("ns-{}", i % 8)),
         netns: 1,

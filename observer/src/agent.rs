@@ -19,6 +19,7 @@ use crate::{
     btf::Btf,
     close_wait::{self, Live, Tracker},
     config::AgentArgs,
+    enrich::{self, Enricher},
     events::{decode::Decoder, reader},
     host,
     layout::Layout,
@@ -110,6 +111,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let counters = Arc::new(reader::Counters::default());
     let decoder = Decoder::new(&layout);
+    let enricher = Arc::new(Mutex::new(Enricher::new(enrich::Sources {
+        cgroup_root: args.cgroup_root.clone().or_else(enrich::cgroup2_mount),
+        pod_logs: args.pod_logs.clone(),
+        container_logs: args.container_logs.clone(),
+    })));
     let tracker = Tracker::new(
         probes.take_close_wait()?,
         args.close_wait_threshold,
@@ -117,6 +123,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         close_wait_metrics,
         peers.clone(),
         state.live.clone(),
+        enricher.clone(),
     );
     let sink = output::Sink {
         store,
@@ -127,6 +134,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         totals,
         retention: args.retention,
         max_events: args.max_events,
+        enricher,
     };
     let pipeline = Pipeline::start(
         probes.take_events()?,

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    enrich::Enricher,
     events::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm, monotonic_ns},
@@ -113,6 +114,7 @@ pub struct Tracker {
     metrics: Metrics,
     peers: Arc<Peers>,
     live: Live,
+    enricher: Arc<Mutex<Enricher>>,
 }
 
 /// The sockets in CLOSE_WAIT as of the last scan, oldest first; read by the API.
@@ -137,6 +139,16 @@ pub struct SocketView {
     pub pid: u32,
     /// Owner's process name.
     pub comm: String,
+    /// Owner's cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Container id, null outside containers.
+    pub container_id: Option<String>,
+    /// Container name.
+    pub container: Option<String>,
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Pod namespace.
+    pub namespace: Option<String>,
     /// Who connected.
     pub role: Role,
     /// Bytes the owner has not read.
@@ -196,9 +208,11 @@ impl Metrics {
         let mut by: BTreeMap<WorkloadPeer, (i64, u64)> = BTreeMap::new();
         for v in views {
             let labels = WorkloadPeer {
+                namespace: v.namespace.clone().unwrap_or_default(),
+                pod: v.pod.clone().unwrap_or_default(),
+                container: v.container.clone().unwrap_or_default(),
                 comm: v.comm.clone(),
                 peer: peers.label(v.role, SocketAddr::new(v.peer_addr, v.peer_port)),
-                ..WorkloadPeer::default()
             };
             let slot = by.entry(labels).or_default();
             slot.0 += 1;
@@ -224,6 +238,7 @@ impl Tracker {
         metrics: Metrics,
         peers: Arc<Peers>,
         live: Live,
+        enricher: Arc<Mutex<Enricher>>,
     ) -> Self {
         Self {
             map,
@@ -235,6 +250,7 @@ impl Tracker {
             metrics,
             peers,
             live,
+            enricher,
         }
     }
 
@@ -359,6 +375,17 @@ impl Tracker {
                 .map(|(t, f)| self.view_of_found(*t, f, now)),
         );
         views.sort_by_key(|v| std::cmp::Reverse(v.close_wait_ms));
+        {
+            let mut enricher = self
+                .enricher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for v in &mut views {
+                let a = enricher.lookup(v.cgroup_id);
+                (v.container_id, v.container, v.pod, v.namespace) =
+                    (a.container_id, a.container, a.pod, a.namespace);
+            }
+        }
         self.metrics.set(&views, &self.peers, entries.len());
         *self
             .live
@@ -376,9 +403,14 @@ impl Tracker {
 
     fn view_of_entry(&self, e: &CloseWaitEntry, now: u64) -> SocketView {
         let t = Tuple::of_entry(e);
-        let (pid, comm, _) = self.owner_of(e);
+        let (pid, comm, cgroup_id) = self.owner_of(e);
         SocketView {
             state: "close_wait",
+            cgroup_id,
+            container_id: None,
+            container: None,
+            pod: None,
+            namespace: None,
             netns: t.netns,
             local_addr: t.local.ip(),
             local_port: t.local.port(),
@@ -400,6 +432,11 @@ impl Tracker {
         let owner = self.owners.get(&f.inode);
         SocketView {
             state: "close_wait",
+            cgroup_id: owner.map_or(0, |o| o.cgroup_id),
+            container_id: None,
+            container: None,
+            pod: None,
+            namespace: None,
             netns: t.netns,
             local_addr: t.local.ip(),
             local_port: t.local.port(),
@@ -432,6 +469,7 @@ impl Tracker {
             comm: comm_,
             cgroup_id,
             container_id: None,
+            container: None,
             pod: None,
             namespace: None,
             netns: t.netns,
@@ -465,6 +503,7 @@ impl Tracker {
             comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
             cgroup_id: owner.map_or(0, |o| o.cgroup_id),
             container_id: None,
+            container: None,
             pod: None,
             namespace: None,
             netns: t.netns,

@@ -220,6 +220,30 @@ pub struct AgentArgs {
     )]
     pub max_events: u64,
 
+    /// The cgroup v2 mount, to turn cgroup ids into container and pod paths (default: found
+    /// in /proc/self/mountinfo).
+    #[arg(long, env = "OBSERVER_CGROUP_ROOT", value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>/`), to name pods.
+    #[arg(
+        long,
+        env = "OBSERVER_POD_LOGS",
+        value_name = "DIR",
+        default_value = "/var/log/pods"
+    )]
+    pub pod_logs: PathBuf,
+
+    /// The kubelet's container log links (`<pod>_<namespace>_<container>-<id>.log`), to name
+    /// containers.
+    #[arg(
+        long,
+        env = "OBSERVER_CONTAINER_LOGS",
+        value_name = "DIR",
+        default_value = "/var/log/containers"
+    )]
+    pub container_logs: PathBuf,
+
     /// Distinct peers named in metric labels; more fold into `peer="other"`.
     #[arg(
         long,

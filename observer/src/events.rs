@@ -97,11 +97,13 @@ pub struct Event {
     pub comm: String,
     /// Owner's cgroup v2 id.
     pub cgroup_id: u64,
-    /// Container id, once attribution exists (null until then).
+    /// Container id; null outside containers.
     pub container_id: Option<String>,
-    /// Pod name (null until attribution exists).
+    /// Container name (from the kubelet's log layout); null outside pods.
+    pub container: Option<String>,
+    /// Pod name; null outside pods.
     pub pod: Option<String>,
-    /// Pod namespace (null until attribution exists).
+    /// Pod namespace; null outside pods.
     pub namespace: Option<String>,
     /// Network namespace inode number.
     pub netns: u32,

@@ -10,6 +10,7 @@
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
+//! * [`enrich`] — workload attribution: cgroup id -> container, pod, namespace.
 //! * [`metrics`] — the Prometheus registry, shared label sets, bounded peers, self-metrics.
 //! * [`output`] — the JSON-lines event log.
 //! * [`store`] — the embedded event history (SQLite): batched appends, filters, retention.
@@ -28,6 +29,7 @@ pub mod check;
 pub mod cli;
 pub mod close_wait;
 pub mod config;
+pub mod enrich;
 pub mod events;
 pub mod host;
 pub mod layout;

@@ -104,7 +104,7 @@ impl Peers {
         WorkloadPeer {
             namespace: e.namespace.clone().unwrap_or_default(),
             pod: e.pod.clone().unwrap_or_default(),
-            container: String::new(),
+            container: e.container.clone().unwrap_or_default(),
             comm: e.comm.clone(),
             peer: self.label(e.role, SocketAddr::new(e.peer_addr, e.peer_port)),
         }

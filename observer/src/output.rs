@@ -17,6 +17,7 @@ use prometheus_client::{
 use tokio::sync::mpsc;
 
 use crate::{
+    enrich::Enricher,
     events::{Event, Kind},
     metrics::{Peers, SelfMetrics, Totals, WorkloadPeer},
     store::Store,
@@ -95,6 +96,8 @@ pub struct Sink {
     pub retention: Duration,
     /// `--max-events`.
     pub max_events: u64,
+    /// Workload attribution, shared with the CLOSE_WAIT tracker.
+    pub enricher: Arc<std::sync::Mutex<Enricher>>,
 }
 
 /// How often the history is pruned.
@@ -110,6 +113,16 @@ impl Sink {
             let mut batch = vec![first];
             while let Ok(e) = rx.try_recv() {
                 batch.push(e);
+            }
+            {
+                // Short: cache hits, or one rate-limited rescan; no await here (a thread).
+                let mut enricher = self
+                    .enricher
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for e in &mut batch {
+                    enricher.apply(e);
+                }
             }
             if let Err(e) = self.store.append(&mut batch) {
                 self.self_metrics.lost("store_error", batch.len() as u64);

@@ -30,6 +30,7 @@ fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) 
         comm: comm.to_owned(),
         cgroup_id: 1,
         container_id: None,
+        container: None,
         pod: Some("web-0".to_owned()),
         namespace: Some("shop".to_owned()),
         netns: 1,

@@ -22,6 +22,7 @@ fn event(kind: Kind) -> Event {
         comm: "x".into(),
         cgroup_id: 0,
         container_id: None,
+        container: None,
         pod: None,
         namespace: None,
         netns: 1,
@@ -62,6 +63,13 @@ fn exported() -> BTreeSet<(String, String)> {
         totals: std::sync::Arc::default(),
         retention: Duration::from_mins(1),
         max_events: 10,
+        enricher: std::sync::Arc::new(std::sync::Mutex::new(observer::enrich::Enricher::new(
+            observer::enrich::Sources {
+                cgroup_root: None,
+                pod_logs: dir.path().into(),
+                container_logs: dir.path().into(),
+            },
+        ))),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     for kind in Kind::ALL {
@@ -84,6 +92,11 @@ fn exported() -> BTreeSet<(String, String)> {
         peer_port: 2,
         pid: 1,
         comm: "x".into(),
+        cgroup_id: 0,
+        container_id: None,
+        container: None,
+        pod: Some("web-0".into()),
+        namespace: Some("shop".into()),
         role: Role::Client,
         unread_bytes: 0,
         close_wait_ms: 1,

@@ -15,6 +15,7 @@ mod kernel {
     mod burst;
     mod close_wait;
     mod fallbacks;
+    mod kubernetes;
     mod prometheus;
     mod real_clients;
     mod rst_on_close;

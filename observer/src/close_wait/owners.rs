@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 /// A process holding a socket.
@@ -28,7 +28,7 @@ pub fn find<S: std::hash::BuildHasher>(
     if inodes.is_empty() {
         return found;
     }
-    let cgroup2 = cgroup2_mount();
+    let cgroup2 = crate::enrich::cgroup2_mount();
     let Ok(procs) = std::fs::read_dir(proc_root) else {
         return found;
     };
@@ -82,17 +82,6 @@ fn owner(proc_dir: &Path, pid: u32, cgroup2: Option<&Path>) -> Owner {
         comm,
         cgroup_id,
     }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
-/// hybrid hosts).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mount = pre.split(' ').nth(4)?;
-        post.starts_with("cgroup2 ").then(|| PathBuf::from(mount))
-    })
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ impl Decoder {
             comm: comm(&raw.comm),
             cgroup_id: raw.cgroup_id,
             container_id: None,
+            container: None,
             pod: None,
             namespace: None,
             netns: raw.netns,

@@ -13,6 +13,7 @@ pub(crate) fn event(kind: Kind, pid: u32, comm: &str, peer: (&str, u16), wall_ns
         comm: comm.to_owned(),
         cgroup_id: 1,
         container_id: None,
+        container: None,
         pod: None,
         namespace: None,
         netns: 1,

@@ -1,0 +1,138 @@
+//! Workload attribution on the real kernel: the kubelet's cgroup layout (systemd driver,
+//! burstable QoS, a containerd scope) built under the cgroup2 mount, the matching
+//! `/var/log/pods` and `/var/log/containers` entries in a temp root, and a real process moved
+//! into that cgroup causing an RST-on-close. Its event names the pod, namespace, container and
+//! container id; the same client outside the cgroup is the host.
+
+use std::{io::Write as _, net::TcpListener, path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+use super::support::{Agent, events, in_netns, require_bpf};
+
+/// A pod's cgroup and log layout, removed on drop.
+struct FakePod {
+    scope: PathBuf,
+    dirs: Vec<PathBuf>,
+    logs: tempfile::TempDir,
+    id: String,
+}
+
+impl FakePod {
+    fn new() -> Self {
+        let root = observer::enrich::cgroup2_mount().expect("a cgroup2 mount");
+        let n = std::process::id();
+        let uid = format!("0b5e4a3c-2d1f-4e6a-9b8c-{n:012x}");
+        let id = format!("{n:064x}");
+        let uid_ = uid.replace('-', "_");
+        let slice = root.join("kubepods.slice");
+        let qos = slice.join("kubepods-burstable.slice");
+        let pod = qos.join(format!("kubepods-burstable-pod{uid_}.slice"));
+        let scope = pod.join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir_all(&scope).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(logs.path().join(format!("pods/shop_web-0_{uid}/app"))).unwrap();
+        std::fs::create_dir_all(logs.path().join("containers")).unwrap();
+        std::fs::write(
+            logs.path()
+                .join(format!("containers/web-0_shop_app-{id}.log")),
+            b"",
+        )
+        .unwrap();
+        Self {
+            dirs: vec![scope.clone(), pod, qos, slice],
+            scope,
+            logs,
+            id,
+        }
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A client that reads 10 bytes of the response and closes; inside `cgroup` when given.
+fn client(port: u16, cgroup: Option<&PathBuf>) -> std::process::Child {
+    let script = format!(
+        "import socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\ntime.sleep(0.3)\nc.recv(10)\nc.close()\n"
+    );
+    let enter = cgroup.map_or(String::new(), |cg| {
+        format!("echo $$ > {}/cgroup.procs && ", cg.display())
+    });
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{enter}exec /usr/bin/python3 -c \"$0\""))
+        .arg(script)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_process_in_a_pod_cgroup_is_named_by_pod_namespace_and_container() {
+    if !require_bpf() {
+        return;
+    }
+    let pod = FakePod::new();
+    let pod_logs = pod.logs.path().join("pods");
+    let container_logs = pod.logs.path().join("containers");
+    let agent = Agent::start(&[
+        "--pod-logs",
+        pod_logs.to_str().unwrap(),
+        "--container-logs",
+        container_logs.to_str().unwrap(),
+    ]);
+    let scope = pod.scope.clone();
+    let (ns, in_pod, on_host) = in_netns(move |ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut pids = Vec::new();
+        for cgroup in [Some(&scope), None] {
+            let mut child = client(port, cgroup);
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(&[1u8; 5000]).unwrap();
+            assert!(child.wait().unwrap().success());
+            pids.push(child.id());
+        }
+        (ns, pids[0], pids[1])
+    });
+    let evs = events(&agent, ns, 2);
+    let of = |pid: u32| -> &Value {
+        evs.iter()
+            .find(|e| e["pid"] == pid)
+            .unwrap_or_else(|| panic!("no event for {pid}: {evs:#?}"))
+    };
+    let e = of(in_pod);
+    assert_eq!(e["kind"], "rst_on_close");
+    assert_eq!(e["namespace"], "shop", "{e}");
+    assert_eq!(e["pod"], "web-0");
+    assert_eq!(e["container"], "app");
+    assert_eq!(e["container_id"], pod.id.as_str());
+    let h = of(on_host);
+    assert_eq!(
+        (
+            h["pod"].clone(),
+            h["namespace"].clone(),
+            h["container_id"].clone()
+        ),
+        (Value::Null, Value::Null, Value::Null)
+    );
+    assert_eq!(h["comm"], "python3", "the host, named by its comm");
+    let metrics = ureq::Agent::new_with_config(ureq::Agent::config_builder().build())
+        .get(&format!("{}/metrics", agent.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "observer_rst_on_close_total{namespace=\"shop\",pod=\"web-0\",container=\"app\",comm=\"python3\""
+        )),
+        "series by workload: {metrics}"
+    );
+}
