@@ -21,7 +21,14 @@ fn main() -> anyhow::Result<()> {
         root_dir,
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::default()).context(
+    // The toolchain that builds the programs: `nightly` by default; a dated one (e.g.
+    // `nightly-2026-05-19`) where the nightly must match bpf-linker's LLVM, as in the Dockerfile.
+    println!("cargo:rerun-if-env-changed=OBSERVER_EBPF_TOOLCHAIN");
+    let toolchain = std::env::var("OBSERVER_EBPF_TOOLCHAIN").ok();
+    let toolchain = toolchain
+        .as_deref()
+        .map_or(aya_build::Toolchain::Nightly, aya_build::Toolchain::Custom);
+    aya_build::build_ebpf([package], toolchain).context(
         "building the eBPF programs: run `cargo xtask setup` first (nightly rust-src, bpf-linker)",
     )
 }

@@ -22,9 +22,14 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["promtool", "--version"]),
 ];
 
+/// checkov (PyPI), in a virtualenv of the project's own: the Kubernetes manifest lint.
+const CHECKOV: &str = "checkov==3.3.30";
+const CHECKOV_VENV: &str = "target/tools/checkov";
+
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
     test_packages()?;
+    checkov()?;
     status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     clippy::run()?;
     status(Command::new("cargo").args(["test", "--all-targets"]))
@@ -52,4 +57,14 @@ fn test_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Installs checkov into `target/tools/checkov` unless it is there.
+fn checkov() -> Result<()> {
+    let bin = std::path::Path::new(CHECKOV_VENV).join("bin");
+    if bin.join("checkov").exists() {
+        return Ok(());
+    }
+    status(Command::new("python3").args(["-m", "venv", CHECKOV_VENV]))?;
+    status(Command::new(bin.join("pip")).args(["install", "--quiet", CHECKOV]))
 }
