@@ -103,10 +103,16 @@ pub struct SockState {
     pub pid: u32,
     /// [`Role`] as `u8`.
     pub role: u8,
+    /// [`SOCK_IN_CLOSE_WAIT`] and future bits.
+    pub flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+
+/// `SockState::flags`: the socket is in CLOSE_WAIT (set on entry, cleared on exit), so the
+/// read hook knows without reading `skc_state` (a `bpf_probe_read_kernel` per read).
+pub const SOCK_IN_CLOSE_WAIT: u8 = 1;
 
 /// Indexes into the per-CPU `STATS` array. Every drop has one.
 #[repr(u32)]

@@ -9,7 +9,9 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use observer_common::{
-    event::{CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, Stat},
+    event::{
+        CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, SOCK_IN_CLOSE_WAIT, Stat,
+    },
     tcp,
 };
 
@@ -46,8 +48,12 @@ pub(crate) fn enter<C: EbpfContext>(ctx: &C, sk: Sock) -> Result<(), i32> {
         role: Role::Unknown as u8,
         flags: 0,
     };
-    // SAFETY: LRU entry, copied out at once.
-    if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
+    if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+        // SAFETY: LRU entry pointer, valid for this program run.
+        let st = unsafe {
+            (*st).flags |= SOCK_IN_CLOSE_WAIT;
+            &*st
+        };
         e.established_ns = st.established_ns;
         e.last_read_ns = st.last_read_ns;
         e.cgroup_id = st.cgroup_id;
@@ -71,6 +77,10 @@ pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i
     // SAFETY: entry copied out before it is removed.
     let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
     let _ = CLOSE_WAIT.remove(key);
+    if let Some(st) = SOCKS.get_ptr_mut(key) {
+        // SAFETY: LRU entry pointer, valid for this program run.
+        unsafe { (*st).flags &= !SOCK_IN_CLOSE_WAIT };
+    }
     if let Some(e) = entry
         && e.flags & CW_REPORTED == 0
     {

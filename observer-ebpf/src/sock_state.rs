@@ -222,7 +222,8 @@ pub(crate) fn fresh(role: Role) -> SockState {
         comm: [0; 16],
         pid: 0,
         role: role as u8,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     }
 }
 
