@@ -7,7 +7,17 @@ use anyhow::Result;
 
 use crate::{setup, status};
 
+/// Debian packages the overhead benchmark drives.
+const PACKAGES: &[(&str, &[&str])] = &[
+    ("wrk", &["sh", "-c", "command -v wrk"]),
+    ("nginx", &["nginx", "-v"]),
+];
+
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
-    status(Command::new("cargo").args(["bench", "--package", "observer", "--bench", "store"]))
+    crate::test::install_missing(PACKAGES)?;
+    for bench in ["store", "overhead"] {
+        status(Command::new("cargo").args(["bench", "--package", "observer", "--bench", bench]))?;
+    }
+    Ok(())
 }

@@ -36,7 +36,12 @@ pub(crate) fn run() -> Result<()> {
 }
 
 fn test_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_missing(PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` whose probe command fails.
+pub(crate) fn install_missing(packages: &[(&str, &[&str])]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, probe)| crate::output(Command::new(probe[0]).args(&probe[1..])).is_none())
         .map(|(name, _)| *name)
