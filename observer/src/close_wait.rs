@@ -453,77 +453,57 @@ impl Tracker {
         }
     }
 
+    /// The `close_wait_leak` of a socket in the map: its view, plus what only the map entry
+    /// knows (the connection's age, the bytes it received).
     fn leak_from_entry(&self, e: &CloseWaitEntry, now: u64) -> Event {
-        let t = Tuple::of_entry(e);
-        let close_wait_ms = now.saturating_sub(e.entered_ns) / 1_000_000;
-        let last_read_ms_ago =
-            (e.last_read_ns != 0).then(|| now.saturating_sub(e.last_read_ns) / 1_000_000);
-        let unread = e.unread();
-        let (pid, comm_, cgroup_id) = self.owner_of(e);
-        Event {
-            id: 0,
-            ts: self.decoder.wall_clock(now),
-            wall_ns: self.decoder.wall_ns(now),
-            kind: Kind::CloseWaitLeak,
-            pid,
-            comm: comm_,
-            cgroup_id,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
-            netns: t.netns,
-            local_addr: t.local.ip(),
-            local_port: t.local.port(),
-            peer_addr: t.peer.ip(),
-            peer_port: t.peer.port(),
-            role: Role::from_wire(e.role),
-            unread_bytes: unread,
-            conn_age_ms: (e.established_ns != 0)
-                .then(|| now.saturating_sub(e.established_ns) / 1_000_000),
-            bytes_received: e.bytes_received,
-            bytes_sent: None,
-            close_wait_ms: Some(close_wait_ms),
-            last_read_ms_ago,
-            close_wait_lower_bound: Some(false),
-            rst_reason: None,
-            hint: close_wait_hint(close_wait_ms, last_read_ms_ago, unread),
-        }
+        let mut ev = self.leak(&self.view_of_entry(e, now), now);
+        ev.conn_age_ms =
+            (e.established_ns != 0).then(|| now.saturating_sub(e.established_ns) / 1_000_000);
+        ev.bytes_received = e.bytes_received;
+        ev
     }
 
+    /// The `close_wait_leak` of a socket found at start-up.
     fn leak_from_found(&self, t: Tuple, f: &Found, now: u64) -> Event {
-        let close_wait_ms = now.saturating_sub(f.at_ns) / 1_000_000;
-        let owner = self.owners.get(&f.inode);
+        self.leak(&self.view_of_found(t, f, now), now)
+    }
+
+    /// A `close_wait_leak` event from a socket's view (attribution is added by the sink).
+    fn leak(&self, v: &SocketView, now: u64) -> Event {
+        let hint = close_wait_hint(v.close_wait_ms, v.last_read_ms_ago, v.unread_bytes);
         Event {
             id: 0,
             ts: self.decoder.wall_clock(now),
             wall_ns: self.decoder.wall_ns(now),
             kind: Kind::CloseWaitLeak,
-            pid: owner.map_or(0, |o| o.pid),
-            comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
-            cgroup_id: owner.map_or(0, |o| o.cgroup_id),
+            pid: v.pid,
+            comm: v.comm.clone(),
+            cgroup_id: v.cgroup_id,
             container_id: None,
             container: None,
             pod: None,
             namespace: None,
-            netns: t.netns,
-            local_addr: t.local.ip(),
-            local_port: t.local.port(),
-            peer_addr: t.peer.ip(),
-            peer_port: t.peer.port(),
-            role: Role::Unknown,
-            unread_bytes: f.unread,
+            netns: v.netns,
+            local_addr: v.local_addr,
+            local_port: v.local_port,
+            peer_addr: v.peer_addr,
+            peer_port: v.peer_port,
+            role: v.role,
+            unread_bytes: v.unread_bytes,
             conn_age_ms: None,
             bytes_received: 0,
             bytes_sent: None,
-            close_wait_ms: Some(close_wait_ms),
-            last_read_ms_ago: None,
-            close_wait_lower_bound: Some(true),
+            close_wait_ms: Some(v.close_wait_ms),
+            last_read_ms_ago: v.last_read_ms_ago,
+            close_wait_lower_bound: Some(v.close_wait_lower_bound),
             rst_reason: None,
-            hint: format!(
-                "{} (found already in CLOSE_WAIT when observer started: at least this long)",
-                close_wait_hint(close_wait_ms, None, f.unread)
-            ),
+            hint: if v.close_wait_lower_bound {
+                format!(
+                    "{hint} (found already in CLOSE_WAIT when observer started: at least this long)"
+                )
+            } else {
+                hint
+            },
         }
     }
 
