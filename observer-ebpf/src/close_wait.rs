@@ -19,8 +19,7 @@ use crate::{
     emit,
     maps::{CLOSE_WAIT, SOCKS},
     off,
-    sock::{Sock, current_pid, set_owner},
-    sock_state::fresh,
+    sock::{Sock, current_owner, current_pid},
 };
 
 /// `ESTABLISHED -> CLOSE_WAIT`: records the entry. (Not inlined: see `sock_state::on_abort`.)
@@ -128,11 +127,7 @@ pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i
     // aborting unless an error (a received RST, a timeout) was set first.
     let err: i32 = sk.read(off!(sk_err))?;
     if new == tcp::LAST_ACK || (new == tcp::CLOSE && err == 0) {
-        let mut owner = fresh(Role::Unknown);
-        set_owner(&mut owner, current_pid());
-        ev.pid = owner.pid;
-        ev.comm = owner.comm;
-        ev.cgroup_id = owner.cgroup_id;
+        (ev.pid, ev.comm, ev.cgroup_id) = current_owner(current_pid());
     }
     emit::event(ctx, &ev);
     Ok(())
@@ -152,11 +147,7 @@ pub(crate) fn on_read(sk: Sock, pid: u32, consumed_at: u64) -> Result<(), i32> {
             (*e).last_read_ns = consumed_at;
         }
         if (*e).pid != pid {
-            let mut owner = fresh(Role::Unknown);
-            set_owner(&mut owner, pid);
-            (*e).pid = owner.pid;
-            (*e).comm = owner.comm;
-            (*e).cgroup_id = owner.cgroup_id;
+            ((*e).pid, (*e).comm, (*e).cgroup_id) = current_owner(pid);
         }
     }
     Ok(())

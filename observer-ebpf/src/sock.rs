@@ -157,20 +157,24 @@ pub(crate) fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Records the current task as the owner of `st`. Call only in process context.
-///
-/// `comm` is the process's (the thread-group leader's), not the thread's: a worker thread
-/// named `pool-3-thread-7` belongs to `java`.
+/// The current task as an owner: thread-group id `pid`, the process's `comm` (the
+/// thread-group leader's, not the thread's: a worker thread named `pool-3-thread-7` belongs to
+/// `java`) and the cgroup v2 id. Call only in process context.
 #[inline(always)]
-pub(crate) fn set_owner(st: &mut SockState, pid: u32) {
-    st.pid = pid;
+pub(crate) fn current_owner(pid: u32) -> (u32, [u8; 16], u64) {
     // SAFETY: no preconditions; returns the current `task_struct *`.
     let task = Sock(unsafe { bpf_get_current_task() } as *const u8);
-    st.comm = task
+    let comm = task
         .read::<*const u8>(off!(task_group_leader))
         .and_then(|leader| Sock(leader).read(off!(task_comm)))
         .or_else(|_| bpf_get_current_comm())
         .unwrap_or([0; 16]);
     // SAFETY: no preconditions; returns the cgroup v2 id of the current task.
-    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    (pid, comm, unsafe { bpf_get_current_cgroup_id() })
+}
+
+/// Records the current task as the owner of `st` ([`current_owner`]).
+#[inline(always)]
+pub(crate) fn set_owner(st: &mut SockState, pid: u32) {
+    (st.pid, st.comm, st.cgroup_id) = current_owner(pid);
 }

@@ -33,7 +33,7 @@ use crate::{
     close_wait, emit,
     maps::{CONFIG, PENDING, SOCKS},
     off,
-    sock::{Sock, current_pid, set_owner},
+    sock::{Sock, current_owner, current_pid, set_owner},
 };
 
 /// BTF tracepoint entry: `(struct sock *sk, int oldstate, int newstate)`.
@@ -186,11 +186,7 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
         last_read_ns: 0,
     };
     // This runs in the closing task: it is the owner, whatever was recorded before.
-    let mut owner = fresh(Role::Unknown);
-    set_owner(&mut owner, current_pid());
-    ev.pid = owner.pid;
-    ev.comm = owner.comm;
-    ev.cgroup_id = owner.cgroup_id;
+    (ev.pid, ev.comm, ev.cgroup_id) = current_owner(current_pid());
     // SAFETY: LRU entry, copied out at once.
     if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
         ev.established_ns = st.established_ns;
@@ -214,7 +210,7 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
 }
 
 #[inline(always)]
-pub(crate) fn fresh(role: Role) -> SockState {
+fn fresh(role: Role) -> SockState {
     SockState {
         established_ns: 0,
         last_read_ns: 0,
