@@ -11,7 +11,6 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -69,15 +68,7 @@ fn fill(s: &mut store::Store, from: u64, n: u64, now: u64) {
 fn serve(file: &std::path::Path) -> String {
     let mut registry = observer::metrics::registry();
     let _ = observer::agent::register_metrics(&mut registry, 100);
-    let state = api::State {
-        registry: Arc::new(registry),
-        ready: Arc::default(),
-        reader: Arc::new(Mutex::new(store::Reader::open(file).unwrap())),
-        live: observer::close_wait::Live::default(),
-        status: Arc::default(),
-        totals: Arc::default(),
-        started: Instant::now(),
-    };
+    let state = api::State::new(registry, store::Reader::open(file).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -17,13 +17,13 @@ use tracing::{info, warn};
 use crate::{
     api::{self, ProbeStatus},
     btf::Btf,
-    close_wait::{self, Live, Tracker},
+    close_wait::{self, Tracker},
     config::AgentArgs,
     enrich::{self, Enricher},
     events::{decode::Decoder, reader},
     host,
     layout::Layout,
-    metrics::{self, Deltas, Peers, SelfMetrics, Totals},
+    metrics::{self, Deltas, Peers, SelfMetrics},
     output,
     probes::{self, Probes},
     shutdown::Shutdown,
@@ -75,7 +75,6 @@ pub fn register_metrics(
 
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     // Everything that can be refused before anything is started: privileges, BTF, layout.
     let layout = prepare(&args.probes)?;
@@ -90,16 +89,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         events: event_metrics,
         close_wait: close_wait_metrics,
     } = register_metrics(&mut registry, args.peer_label_limit);
-    let totals = Arc::new(Totals::default());
-    let state = api::State {
-        registry: Arc::new(registry),
-        ready: Arc::default(),
-        reader: Arc::new(Mutex::new(reader_db)),
-        live: Live::default(),
-        status: Arc::default(),
-        totals: totals.clone(),
-        started,
-    };
+    let state = api::State::new(registry, reader_db);
+    let totals = state.totals.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (api, listening) = serve_api(args.listen, state.clone(), stop_rx.clone()).await?;
 

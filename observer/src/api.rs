@@ -97,6 +97,20 @@ impl ProbeStatus {
 }
 
 impl State {
+    /// A not-yet-ready API over `registry` and the history `reader`, with an empty live view,
+    /// status and totals; its clock starts now.
+    pub fn new(registry: Registry, reader: Reader) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            ready: Arc::default(),
+            reader: Arc::new(Mutex::new(reader)),
+            live: Live::default(),
+            status: Arc::default(),
+            totals: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
     /// Marks the agent ready (every required probe attached).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);

@@ -7,8 +7,7 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Command,
-    sync::{Arc, Mutex},
-    time::Instant,
+    sync::Mutex,
 };
 
 use observer::{
@@ -66,15 +65,7 @@ fn serve(mut events: Vec<Event>) -> Server {
     st.append(&mut events).unwrap();
     let mut registry = metrics::registry();
     let _ = metrics::SelfMetrics::register(&mut registry);
-    let state = api::State {
-        registry: Arc::new(registry),
-        ready: Arc::default(),
-        reader: Arc::new(Mutex::new(store::Reader::open(st.file()).unwrap())),
-        live: observer::close_wait::Live::default(),
-        status: Arc::default(),
-        totals: Arc::default(),
-        started: Instant::now(),
-    };
+    let state = api::State::new(registry, store::Reader::open(st.file()).unwrap());
     let router = api::router(state.clone());
     let (tx, rx) = std::sync::mpsc::channel();
     // The server lives on a thread of its own until the test process ends.
@@ -211,20 +202,12 @@ fn random_query_strings_never_break_the_agent() {
         x ^= x >> 27;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
-    let keys = [
-        "kind",
-        "since",
-        "until",
-        "pid",
-        "comm",
-        "pod",
-        "namespace",
-        "peer",
-        "limit",
-        "after_id",
-        "x",
-        "",
-    ];
+    // Every real parameter, an unknown one and an empty name.
+    let keys: Vec<&str> = observer::store::query::PARAMS
+        .iter()
+        .copied()
+        .chain(["x", ""])
+        .collect();
     let alphabet: Vec<char> = "abc019:.-_[]%&=?/ +Z\u{e9}\u{0}zT".chars().collect();
     for _ in 0..3000 {
         let mut q = String::from("?");
