@@ -7,7 +7,7 @@
 //! * every [`SCAN_EVERY`], it reads the map and reports each socket past the threshold once
 //!   (`close_wait_leak`), marking the entry so the kernel reports its end
 //!   (`close_wait_resolved`) and a restarted agent does not report it again;
-//! * at start-up, it finds sockets already in CLOSE_WAIT through `sock_diag` ([`diag`]) in every
+//! * at start-up, it finds sockets already in CLOSE_WAIT through `sock_diag` ([`crate::sock_diag`]) in every
 //!   network namespace, reports them the same way with `close_wait_lower_bound: true`, and
 //!   deletes map entries whose socket left CLOSE_WAIT while no agent was running;
 //! * it names owners the programs could not (an accepted socket never read, a socket found at
@@ -40,40 +40,29 @@ use crate::{
     metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
 };
 
-pub mod diag;
 pub mod owners;
+
+use crate::sock_diag as diag;
+pub use crate::sock_diag::Tuple;
 
 /// How often the map is read for leaks.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// `BPF_EXIST`: update only an entry that is still there (the kernel may have removed it).
 const BPF_EXIST: u64 = 2;
 
-/// A connection as `sock_diag` and events both name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Tuple {
-    /// Network namespace inode.
-    pub netns: u32,
-    /// Local end.
-    pub local: SocketAddr,
-    /// Peer end.
-    pub peer: SocketAddr,
+fn tuple_of_entry(e: &CloseWaitEntry) -> Tuple {
+    Tuple {
+        netns: e.netns,
+        local: SocketAddr::new(addr(e.family, e.saddr), e.sport),
+        peer: SocketAddr::new(addr(e.family, e.daddr), e.dport),
+    }
 }
 
-impl Tuple {
-    fn of_entry(e: &CloseWaitEntry) -> Self {
-        Self {
-            netns: e.netns,
-            local: SocketAddr::new(addr(e.family, e.saddr), e.sport),
-            peer: SocketAddr::new(addr(e.family, e.daddr), e.dport),
-        }
-    }
-
-    fn of_event(e: &Event) -> Self {
-        Self {
-            netns: e.netns,
-            local: SocketAddr::new(e.local_addr, e.local_port),
-            peer: SocketAddr::new(e.peer_addr, e.peer_port),
-        }
+fn tuple_of_event(e: &Event) -> Tuple {
+    Tuple {
+        netns: e.netns,
+        local: SocketAddr::new(e.local_addr, e.local_port),
+        peer: SocketAddr::new(e.peer_addr, e.peer_port),
     }
 }
 
@@ -277,14 +266,14 @@ impl Tracker {
         let known: HashSet<Tuple> = self
             .entries()
             .iter()
-            .map(|(_, e)| Tuple::of_entry(e))
+            .map(|(_, e)| tuple_of_entry(e))
             .collect();
         let mut report = Startup {
             namespaces: dumped.len(),
             ..Startup::default()
         };
         for (sk, e) in &before {
-            let t = Tuple::of_entry(e);
+            let t = tuple_of_entry(e);
             // Only a namespace that was listed can prove a socket gone.
             if dumped.contains(&t.netns) && !live.contains(&t) {
                 let _ = self.map.remove(sk);
@@ -351,7 +340,7 @@ impl Tracker {
         let mut out = Vec::with_capacity(due.len() + found_due.len());
         for (sk, mut e) in due {
             if let Some(o) = self.owners.get(&e.inode).filter(|_| e.pid == 0) {
-                self.attributed.insert(Tuple::of_entry(&e), o.clone());
+                self.attributed.insert(tuple_of_entry(&e), o.clone());
             }
             out.push(self.leak_from_entry(&e, now));
             e.flags |= CW_REPORTED;
@@ -402,7 +391,7 @@ impl Tracker {
     }
 
     fn view_of_entry(&self, e: &CloseWaitEntry, now: u64) -> SocketView {
-        let t = Tuple::of_entry(e);
+        let t = tuple_of_entry(e);
         let (pid, comm, cgroup_id) = self.owner_of(e);
         SocketView {
             state: "close_wait",
@@ -504,6 +493,7 @@ impl Tracker {
             } else {
                 hint
             },
+            figures: None,
         }
     }
 
@@ -513,7 +503,7 @@ impl Tracker {
         if ev.kind != Kind::CloseWaitResolved {
             return Some(ev);
         }
-        let attributed = self.attributed.remove(&Tuple::of_event(&ev));
+        let attributed = self.attributed.remove(&tuple_of_event(&ev));
         if ev.close_wait_ms.is_some() {
             // Known to the programs, reported by us: fill an owner the programs lacked.
             if ev.pid == 0
@@ -524,7 +514,7 @@ impl Tracker {
             return Some(ev);
         }
         // The entry was unknown to the programs: a socket found at start-up.
-        let found = self.found.remove(&Tuple::of_event(&ev))?;
+        let found = self.found.remove(&tuple_of_event(&ev))?;
         if !found.reported {
             return None;
         }

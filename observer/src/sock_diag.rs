@@ -1,6 +1,7 @@
-//! Start-up discovery of sockets already in CLOSE_WAIT, through netlink `sock_diag` (what `ss`
-//! uses, <https://man7.org/linux/man-pages/man7/sock_diag.7.html>), in every network namespace
-//! a task on this host is in.
+//! TCP sockets as the kernel lists them through netlink `sock_diag` (what `ss` uses,
+//! <https://man7.org/linux/man-pages/man7/sock_diag.7.html>), in every network namespace a
+//! task on this host is in: CLOSE_WAIT sockets at start-up (`close_wait`), TIME_WAIT sockets
+//! and ephemeral ports every scan (`pool`).
 //!
 //! `sock_diag` answers for the caller's network namespace only, so each namespace is entered
 //! with `setns(2)` on a short-lived thread of its own; the agent's threads stay where they are.
@@ -15,13 +16,26 @@ use std::{
 
 use observer_common::tcp::{AF_INET, AF_INET6, CLOSE_WAIT, IPPROTO_TCP};
 
-use super::Tuple;
+/// A connection as `sock_diag` and events both name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tuple {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local end.
+    pub local: SocketAddr,
+    /// Peer end.
+    pub peer: SocketAddr,
+}
 
 /// One socket `sock_diag` reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagSocket {
     /// Namespace and both ends.
     pub tuple: Tuple,
+    /// TCP state (`observer_common::tcp`); a TIME_WAIT socket reports its sub-state.
+    pub state: u8,
+    /// `AF_INET` or `AF_INET6` (an IPv4-mapped IPv6 socket shows IPv4 addresses).
+    pub family: u16,
     /// Inode of the socket's file (0 when not yet accepted).
     pub inode: u64,
     /// Bytes queued for reading, the FIN counted (`ss`'s Recv-Q).
@@ -68,38 +82,55 @@ pub fn namespaces() -> BTreeMap<u32, PathBuf> {
     found
 }
 
-/// CLOSE_WAIT sockets of every namespace in `namespaces`. Returns the namespaces that were
-/// dumped (a task may have exited meanwhile) and the sockets.
-pub fn close_wait_everywhere(namespaces: &BTreeMap<u32, PathBuf>) -> (Vec<u32>, Vec<DiagSocket>) {
-    let mut dumped = Vec::new();
-    let mut sockets = Vec::new();
+/// Runs `f` in each namespace of `namespaces` (its inode as argument), one thread at a time.
+/// Returns the answers of the namespaces it could enter (a task may have exited meanwhile).
+pub fn in_each<T: Send + 'static>(
+    namespaces: &BTreeMap<u32, PathBuf>,
+    f: fn(u32) -> io::Result<T>,
+) -> Vec<(u32, T)> {
+    let mut out = Vec::new();
     for (&ino, path) in namespaces {
         let path = path.clone();
-        let res = std::thread::spawn(move || -> io::Result<Vec<DiagSocket>> {
+        let res = std::thread::spawn(move || -> io::Result<T> {
             let ns = std::fs::File::open(&path)?;
             // SAFETY: setns on this thread only, with an open namespace fd.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            close_wait_here(ino)
+            f(ino)
         })
         .join();
         match res {
-            Ok(Ok(found)) => {
-                dumped.push(ino);
-                sockets.extend(found);
-            }
+            Ok(Ok(found)) => out.push((ino, found)),
             Ok(Err(e)) => tracing::debug!(netns = ino, error = %e, "sock_diag dump failed"),
             Err(_) => tracing::warn!(netns = ino, "sock_diag thread panicked"),
         }
+    }
+    out
+}
+
+/// CLOSE_WAIT sockets of every namespace in `namespaces`. Returns the namespaces that were
+/// dumped and the sockets.
+pub fn close_wait_everywhere(namespaces: &BTreeMap<u32, PathBuf>) -> (Vec<u32>, Vec<DiagSocket>) {
+    let mut dumped = Vec::new();
+    let mut sockets = Vec::new();
+    for (ino, found) in in_each(namespaces, close_wait_here) {
+        dumped.push(ino);
+        sockets.extend(found);
     }
     (dumped, sockets)
 }
 
 /// CLOSE_WAIT sockets of the calling thread's namespace (`netns` is its inode).
 pub fn close_wait_here(netns: u32) -> io::Result<Vec<DiagSocket>> {
-    let mut all = dump(AF_INET, 1 << CLOSE_WAIT, netns)?;
-    all.extend(dump(AF_INET6, 1 << CLOSE_WAIT, netns)?);
+    here(netns, 1 << CLOSE_WAIT)
+}
+
+/// TCP sockets of both families in the states of the bit mask `states` (`1 << state`), in the
+/// calling thread's namespace (`netns` is its inode).
+pub fn here(netns: u32, states: u32) -> io::Result<Vec<DiagSocket>> {
+    let mut all = dump(AF_INET, states, netns)?;
+    all.extend(dump(AF_INET6, states, netns)?);
     Ok(all)
 }
 
@@ -205,6 +236,8 @@ fn diag_msg(m: &[u8], netns: u32) -> DiagSocket {
         }
     };
     DiagSocket {
+        state: m[1],
+        family,
         tuple: Tuple {
             netns,
             local: SocketAddr::new(ip(8), sport),
