@@ -87,7 +87,7 @@ pub struct RawEvent {
 }
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 144);
 
-/// Per-socket state, recorded when the owner touches the socket in process context (48 bytes).
+/// Per-socket state, recorded when the owner touches the socket in process context (96 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
@@ -103,16 +103,21 @@ pub struct SockState {
     pub pid: u32,
     /// [`Role`] as `u8`.
     pub role: u8,
-    /// [`SOCK_IN_CLOSE_WAIT`] and future bits.
+    /// [`SOCK_IN_CLOSE_WAIT`], [`SOCK_COUNTED`].
     pub flags: u8,
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// Where the connection was counted as opened (valid with [`SOCK_COUNTED`]), so its close
+    /// is counted in the same `FLOWS` entry whoever owns the socket by then.
+    pub flow: crate::flow::FlowKey,
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+const _: () = assert!(core::mem::size_of::<SockState>() == 96);
 
 /// `SockState::flags`: the socket is in CLOSE_WAIT (set on entry, cleared on exit), so the
 /// read hook knows without reading `skc_state` (a `bpf_probe_read_kernel` per read).
 pub const SOCK_IN_CLOSE_WAIT: u8 = 1;
+/// `SockState::flags`: the connection was counted as opened in `FLOWS` under `SockState::flow`.
+pub const SOCK_COUNTED: u8 = 2;
 
 /// Indexes into the per-CPU `STATS` array. Every drop has one.
 #[repr(u32)]
@@ -132,11 +137,13 @@ pub enum Stat {
     LostCloseWaitResolved = 5,
     /// Sockets not tracked in CLOSE_WAIT because the `CLOSE_WAIT` map was full.
     CloseWaitFull = 6,
+    /// Connections counted under `FlowKey::OTHER` because `FLOWS` was full.
+    FlowsFull = 7,
 }
 
 impl Stat {
     /// Number of counters in `STATS`.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::LostRstOnClose,
@@ -146,6 +153,7 @@ impl Stat {
         Self::ReadFailed,
         Self::LostCloseWaitResolved,
         Self::CloseWaitFull,
+        Self::FlowsFull,
     ];
 
     /// The ring-buffer drop counter for events of `kind`.

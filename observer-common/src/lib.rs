@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod event;
+pub mod flow;
 pub mod layout;
 pub mod tcp;
 
@@ -30,6 +31,16 @@ pub mod maps {
     pub const SOCKS: &str = "SOCKS";
     /// Aborts seen at the state change, completed by the reset and emitted at destroy.
     pub const PENDING: &str = "PENDING";
+    /// Connection counts per owner, peer and role ([`crate::flow`]).
+    pub const FLOWS: &str = "FLOWS";
+    /// Capacity of [`FLOWS`]; beyond it the programs count into `FlowKey::OTHER`.
+    pub const FLOWS_MAX_ENTRIES: u32 = 16_384;
+    /// Listening sockets' owners, to attribute the connections they accept.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Owners of sockets that closed first (and so hold the TIME_WAIT), by tuple.
+    pub const CLOSERS: &str = "CLOSERS";
+    /// Capacity of [`CLOSERS`] (LRU: the oldest closers are forgotten first).
+    pub const CLOSERS_MAX_ENTRIES: u32 = 65_536;
 }
 
 /// Name of the global that carries [`layout::Offsets`] into the programs.

@@ -50,6 +50,7 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
             Stat::ReadFailed => "kernel memory read failed",
             Stat::LostCloseWaitResolved => "ring buffer full, close_wait_resolved events lost",
             Stat::CloseWaitFull => "CLOSE_WAIT map full, sockets untracked",
+            Stat::FlowsFull => "FLOWS map full, connections counted under other",
         };
         warn!(ctx, "{} (now {} on this cpu)", what, n);
     }

@@ -7,6 +7,7 @@
 //! * `emit` — ring-buffer output and the per-CPU drop counters.
 //! * `close_wait` — CLOSE_WAIT entries, reads while in it, and the end of a reported leak.
 //! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
+//! * `flows` — connection counts per owner and peer, listeners' and first closers' owners.
 //! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.
 //! * `tcp_destroy` — `tcp:tcp_destroy_sock`: emits pending aborts, forgets the socket.
 //! * `sock_recv` — `sock:sock_recv_length` (or `tcp_recvmsg`): owner and last read.
@@ -15,6 +16,12 @@
 //! tracepoint, kprobe where it applies); userspace attaches the first one the kernel accepts.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the eBPF target has no `AtomicU64::fetch_add` (no compare-and-swap).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd for map counters"
+)]
 #![expect(
     clippy::inline_always,
     reason = "helpers are inlined into each entry point: the verifier checks one straight program"
@@ -26,6 +33,7 @@
 
 mod close_wait;
 mod emit;
+mod flows;
 mod maps;
 mod sock;
 mod sock_recv;

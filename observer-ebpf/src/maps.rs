@@ -7,7 +7,9 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::{CloseWaitEntry, Config, RawEvent, SockState, Stat},
+    flow::{FlowKey, FlowStats, ListenKey, Owner, TupleKey},
     layout::Offsets,
+    maps::{CLOSERS_MAX_ENTRIES, FLOWS_MAX_ENTRIES},
 };
 
 /// Field offsets for this kernel, written by userspace through `override_global` before load.
@@ -78,3 +80,24 @@ pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entri
 /// same `close()`. LRU, so an entry whose socket is never destroyed cannot pin the map.
 #[map]
 pub(crate) static PENDING: LruHashMap<u64, RawEvent> = LruHashMap::with_max_entries(4096, 0);
+
+/// (owner, peer, role) -> connection counts. Inserted and added to atomically: `flows::open`
+/// (`-> ESTABLISHED`), `flows::close` (`-> CLOSE`). Read every scan and deleted once nothing
+/// is open and nothing moved (lookup-and-delete, so no count is lost): the agent. Not LRU: a
+/// full map counts into `FlowKey::OTHER` (inserted by the agent) and `FlowsFull`.
+#[map]
+pub(crate) static FLOWS: HashMap<FlowKey, FlowStats> =
+    HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// (netns, port) -> owner of the listening socket. Inserted: `flows::listen` (`CLOSE ->
+/// LISTEN` in `listen()`), the agent (listeners found at start-up). Read: `flows::open` for
+/// accepted connections. LRU: listeners are few, and a stale one is overwritten by the next.
+#[map]
+pub(crate) static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// Tuple -> owner of a socket that closed first, recorded at its hand-over to TIME_WAIT.
+/// Inserted: `flows::close`. Read: the agent, for each TIME_WAIT socket `sock_diag` lists.
+/// LRU: TIME_WAIT lasts 60 s, so only the oldest (expired) closers are evicted.
+#[map]
+pub(crate) static CLOSERS: LruHashMap<TupleKey, Owner> =
+    LruHashMap::with_max_entries(CLOSERS_MAX_ENTRIES, 0);

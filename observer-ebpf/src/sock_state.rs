@@ -3,6 +3,9 @@
 //! * `CLOSE -> SYN_SENT` runs in `connect()`: the caller owns a client socket.
 //! * `SYN_SENT | SYN_RECV -> ESTABLISHED` runs in softirq: it records the time and the role,
 //!   never the current task (that is whoever the interrupt landed on).
+//! * `CLOSE -> LISTEN` runs in `listen()`: the caller owns the listener and, for counting, the
+//!   connections it will accept.
+//! * `-> ESTABLISHED` and `-> CLOSE` also count the connection in `FLOWS` (see `flows`).
 //! * `-> FIN_WAIT1 | LAST_ACK` runs in `close()`/`shutdown()`: the caller owns the socket.
 //! * `ESTABLISHED | CLOSE_WAIT | FIN_WAIT1 | FIN_WAIT2 -> CLOSE` with `sk_shutdown ==
 //!   SHUTDOWN_MASK`, no `sk_err` and not yet `SOCK_DEAD` is `__tcp_close()` aborting in the
@@ -25,12 +28,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    event::{Config, Kind, NO_RST_REASON, RawEvent, Role, SockState, Stat},
+    event::{Config, Kind, NO_RST_REASON, RawEvent, Role, SOCK_COUNTED, SockState, Stat},
+    flow::FlowKey,
     tcp,
 };
 
 use crate::{
-    close_wait, emit,
+    close_wait, emit, flows,
     maps::{CONFIG, PENDING, SOCKS},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
@@ -98,14 +102,21 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
         tcp::ESTABLISHED => {
             if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
                 // SAFETY: LRU entry pointer, valid for this program run.
-                unsafe { (*st).established_ns = bpf_ktime_get_ns() };
+                let st = unsafe { &mut *st };
+                // SAFETY: no preconditions.
+                st.established_ns = unsafe { bpf_ktime_get_ns() };
+                if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
+                    flows::open(ctx, sk, st, Role::Client)?;
+                }
             } else if old == tcp::SYN_RECV {
                 let mut st = fresh(Role::Server);
                 // SAFETY: no preconditions.
                 st.established_ns = unsafe { bpf_ktime_get_ns() };
+                flows::open(ctx, sk, &mut st, Role::Server)?;
                 insert(ctx, sk, &st);
             }
         }
+        tcp::LISTEN => flows::listen(sk)?,
         tcp::CLOSE_WAIT => close_wait::enter(ctx, sk)?,
         tcp::FIN_WAIT1 | tcp::LAST_ACK => {
             let pid = current_pid();
@@ -120,6 +131,7 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
         }
         tcp::CLOSE => {
             on_abort(ctx, sk, old)?;
+            flows::close(ctx, sk, old)?;
             let _ = SOCKS.remove(sk.key());
         }
         _ => {}
@@ -220,6 +232,7 @@ fn fresh(role: Role) -> SockState {
         role: role as u8,
         flags: 0,
         _pad: [0; 2],
+        flow: FlowKey::OTHER,
     }
 }
 

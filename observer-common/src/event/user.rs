@@ -8,6 +8,16 @@ unsafe impl aya::Pod for RawEvent {}
 unsafe impl aya::Pod for SockState {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CloseWaitEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::ListenKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::TupleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::Owner {}
 
 impl TryFrom<u8> for Kind {
     type Error = u8;

@@ -1,0 +1,181 @@
+//! Connection counts per owner, peer and role (`FLOWS`), driven by `sock_state`: one atomic
+//! add when a connection is established, one when it closes (with its lifetime bucket), no
+//! event. Also the owners remembered for later attribution: a listening socket's owner
+//! (`LISTENERS`, recorded in `listen()`) names the connections it accepts in softirq, and the
+//! owner of a socket that closed first (`CLOSERS`, at its hand-over to TIME_WAIT) names the
+//! TIME_WAIT socket userspace lists with `sock_diag`.
+
+use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
+use observer_common::{
+    event::{Role, SOCK_COUNTED, SockState, Stat},
+    flow::{FlowKey, FlowStats, ListenKey, Owner, TupleKey, lifetime_bucket},
+    tcp,
+};
+
+use crate::{
+    emit,
+    maps::{CLOSERS, FLOWS, LISTENERS, SOCKS},
+    off,
+    sock::{Sock, current_owner, current_pid},
+};
+
+/// The value a new `FLOWS` entry starts from (a global: never copied onto the stack).
+static ZERO: FlowStats = FlowStats::ZERO;
+
+/// `BPF_NOEXIST`: insert only if absent (another CPU may have inserted meanwhile).
+const BPF_NOEXIST: u64 = 1;
+
+/// `CLOSE -> LISTEN`, in `listen()`: the caller owns the listening socket.
+#[inline(always)]
+pub(crate) fn listen(sk: Sock) -> Result<(), i32> {
+    let key = ListenKey {
+        netns: sk.netns()?,
+        port: u16::from_be(sk.read(off!(inet_sport))?),
+        _pad: 0,
+    };
+    let (pid, comm, cgroup_id) = current_owner(current_pid());
+    let owner = Owner {
+        cgroup_id,
+        comm,
+        pid,
+        role: Role::Server as u8,
+        _pad: [0; 3],
+    };
+    // LRU: a full map forgets the oldest listener; its connections are then counted unowned.
+    let _ = LISTENERS.insert(key, owner, 0);
+    Ok(())
+}
+
+/// `-> ESTABLISHED`: counts the connection as opened under `st`'s owner (a client) or the
+/// listener's (a server, `st` fresh), and marks `st` so its close is counted in the same entry.
+#[inline(always)]
+pub(crate) fn open<C: EbpfContext>(
+    ctx: &C,
+    sk: Sock,
+    st: &mut SockState,
+    role: Role,
+) -> Result<(), i32> {
+    let family: u16 = sk.read(off!(skc_family))?;
+    let mut key = FlowKey {
+        cgroup_id: st.cgroup_id,
+        comm: st.comm,
+        peer: [0; 16],
+        netns: sk.netns()?,
+        peer_port: 0,
+        family: family as u8,
+        role: role as u8,
+    };
+    if family == tcp::AF_INET6 {
+        key.peer = sk.read(off!(skc_v6_daddr))?;
+    } else {
+        let d: [u8; 4] = sk.read(off!(skc_daddr))?;
+        key.peer[..4].copy_from_slice(&d);
+    }
+    let mut pid = st.pid;
+    if matches!(role, Role::Server) {
+        let listen = ListenKey {
+            netns: key.netns,
+            port: u16::from_be(sk.read(off!(inet_sport))?),
+            _pad: 0,
+        };
+        // SAFETY: LRU entry, copied out at once.
+        if let Some(owner) = unsafe { LISTENERS.get(listen) } {
+            key.cgroup_id = owner.cgroup_id;
+            key.comm = owner.comm;
+            pid = owner.pid;
+        }
+    } else {
+        key.peer_port = u16::from_be(sk.read(off!(skc_dport))?);
+    }
+    let (used, stats) = entry(ctx, key);
+    let Some(stats) = stats else {
+        return Ok(());
+    };
+    // SAFETY: a live `FLOWS` value; other CPUs update it with atomic adds too.
+    unsafe {
+        add(&raw mut (*stats).opened, 1);
+        (*stats).pid = pid;
+    }
+    st.flow = used;
+    st.flags |= SOCK_COUNTED;
+    Ok(())
+}
+
+/// `-> CLOSE`: counts a connection counted at open as closed, with its lifetime, and records
+/// who closed first when the socket is handed over to TIME_WAIT (from FIN_WAIT2 or CLOSING).
+/// Not inlined: its keys stay off the callers' stack frames.
+#[inline(never)]
+pub(crate) fn close<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
+    // SAFETY: LRU entry, read within this program run.
+    let Some(st) = (unsafe { SOCKS.get(sk.key()) }) else {
+        return Ok(());
+    };
+    if st.flags & SOCK_COUNTED != 0 {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let ms = now.saturating_sub(st.established_ns) / 1_000_000;
+        if let (_, Some(stats)) = entry(ctx, st.flow) {
+            // SAFETY: a live `FLOWS` value, updated with atomic adds only.
+            unsafe {
+                add(&raw mut (*stats).closed, 1);
+                add(&raw mut (*stats).lifetime_ms_sum, ms);
+                if let Some(b) = (*stats).lifetime.get_mut(lifetime_bucket(ms)) {
+                    add(b, 1);
+                }
+            }
+        }
+    }
+    if (old == tcp::FIN_WAIT2 || old == tcp::CLOSING) && st.pid != 0 {
+        let ends = sk.endpoints()?;
+        let key = TupleKey {
+            saddr: ends.saddr,
+            daddr: ends.daddr,
+            netns: ends.netns,
+            sport: ends.sport,
+            dport: ends.dport,
+        };
+        let owner = Owner {
+            cgroup_id: st.cgroup_id,
+            comm: st.comm,
+            pid: st.pid,
+            role: st.role,
+            _pad: [0; 3],
+        };
+        // LRU: the oldest closers (whose TIME_WAIT has long expired) go first.
+        let _ = CLOSERS.insert(key, owner, 0);
+    }
+    Ok(())
+}
+
+/// The `FLOWS` value for `key`, created if absent; when the map is full, the catch-all
+/// `FlowKey::OTHER` entry instead (counted). Returns the key actually used.
+#[inline(always)]
+fn entry<C: EbpfContext>(ctx: &C, key: FlowKey) -> (FlowKey, Option<*mut FlowStats>) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        return (key, Some(v));
+    }
+    // A reference to the global: the value is never copied onto the stack.
+    let zero: &FlowStats = &ZERO;
+    // EEXIST (another CPU won the race) is fine: the lookup below finds its entry.
+    let _ = FLOWS.insert(key, zero, BPF_NOEXIST);
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        return (key, Some(v));
+    }
+    emit::count(ctx, Stat::FlowsFull);
+    (FlowKey::OTHER, FLOWS.get_ptr_mut(FlowKey::OTHER))
+}
+
+/// Atomic add (`BPF_ATOMIC | BPF_ADD`): other CPUs update the same entry.
+///
+/// # Safety
+/// `at` points to a live, aligned `u64` in a map value.
+#[inline(always)]
+unsafe fn add(at: *mut u64, n: u64) {
+    // SAFETY: as the caller guarantees; the result is unused, so LLVM emits the plain atomic
+    // add every kernel with eBPF atomics accepts.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            at, n,
+        );
+    }
+}
