@@ -54,6 +54,7 @@ fn event(i: u64, now: u64) -> Event {
         close_wait_lower_bound: None,
         rst_reason: Some("TCP_ABORT_ON_CLOSE".to_owned()),
         hint: "closed with unread bytes: the response was not fully read".to_owned(),
+        figures: None,
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     host,
     layout::Layout,
     metrics::{self, Deltas, Peers, SelfMetrics},
-    output,
+    output, pool,
     probes::{self, Probes},
     shutdown::Shutdown,
     store,
@@ -54,6 +54,8 @@ pub struct Registered {
     pub events: output::Metrics,
     /// CLOSE_WAIT gauges.
     pub close_wait: close_wait::Metrics,
+    /// Connection, TIME_WAIT and ephemeral-port series.
+    pub pool: pool::Metrics,
 }
 
 /// Registers every metric the agent exports (also used to check `docs/metrics.md`).
@@ -65,11 +67,13 @@ pub fn register_metrics(
     let peers = Arc::new(Peers::register(registry, peer_label_limit));
     let events = output::Metrics::register(registry);
     let close_wait = close_wait::Metrics::register(registry, &self_metrics);
+    let pool = pool::Metrics::register(registry, &self_metrics);
     Registered {
         self_metrics,
         peers,
         events,
         close_wait,
+        pool,
     }
 }
 
@@ -88,6 +92,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         peers,
         events: event_metrics,
         close_wait: close_wait_metrics,
+        pool: pool_metrics,
     } = register_metrics(&mut registry, args.peer_label_limit);
     let state = api::State::new(registry, reader_db);
     let totals = state.totals.clone();
@@ -116,6 +121,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         state.live.clone(),
         enricher.clone(),
     );
+    let monitor = pool::Monitor::new(
+        probes.take_pool()?,
+        pool::detect::Thresholds::from(&args.pool),
+        pool_metrics,
+        peers.clone(),
+        enricher.clone(),
+        decoder.clone(),
+    );
     let sink = output::Sink {
         store,
         mode: args.log_events,
@@ -131,6 +144,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         probes.take_events()?,
         decoder,
         tracker,
+        (monitor, args.pool.pool_interval),
         sink,
         counters.clone(),
         stop_rx,
@@ -194,10 +208,13 @@ async fn serve_api(
     Ok((task, bound))
 }
 
-/// The running pipeline: reader task -> tracker task -> sink thread.
+/// The running pipeline: reader task -> tracker task -> sink thread, and the pool monitor's
+/// thread -> sink thread.
 struct Pipeline {
     reader: tokio::task::JoinHandle<std::io::Result<()>>,
     tracker: tokio::task::JoinHandle<()>,
+    pool: std::thread::JoinHandle<()>,
+    pool_stop: std::sync::mpsc::Sender<()>,
     sink: std::thread::JoinHandle<()>,
 }
 
@@ -206,6 +223,7 @@ impl Pipeline {
         ring: aya::maps::RingBuf<aya::maps::MapData>,
         decoder: Decoder,
         tracker: Tracker,
+        (monitor, pool_every): (pool::Monitor, Duration),
         sink: output::Sink,
         counters: Arc<reader::Counters>,
         stop: watch::Receiver<bool>,
@@ -216,9 +234,14 @@ impl Pipeline {
             .name("observer-sink".to_owned())
             .spawn(move || sink.run(rx, std::io::stdout()))
             .context("starting the sink thread")?;
+        let (pool_stop, pool_stop_rx) = std::sync::mpsc::channel();
+        let pool = pool::spawn(monitor, pool_every, tx.clone(), pool_stop_rx)
+            .context("starting the pool monitor thread")?;
         Ok(Self {
             reader: tokio::spawn(reader::run(ring, decoder, raw_tx, counters, stop)),
             tracker: tokio::spawn(close_wait::run(tracker, raw_rx, tx)),
+            pool,
+            pool_stop,
             sink,
         })
     }
@@ -227,6 +250,15 @@ impl Pipeline {
     async fn finish(self) -> anyhow::Result<()> {
         self.reader.await.context("reader task")??;
         self.tracker.await.context("close_wait task")?;
+        let _ = self.pool_stop.send(());
+        // A scan in progress finishes first (a few milliseconds to a second on a busy node).
+        let pool = self.pool;
+        if tokio::task::spawn_blocking(move || pool.join())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            warn!("the pool monitor thread panicked");
+        }
         if self.sink.join().is_err() {
             warn!("the sink thread panicked");
         }
@@ -260,6 +292,9 @@ impl Drops {
             match stat {
                 Stat::ReadFailed => {
                     m.kernel_read_errors.inc_by(*d);
+                }
+                Stat::FlowsFull => {
+                    m.flows_full.inc_by(*d);
                 }
                 _ => m.lost(probes::stat_name(*stat), *d),
             }

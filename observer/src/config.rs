@@ -65,7 +65,8 @@ pub struct EventsArgs {
     #[command(flatten)]
     /// Agent and output.
     pub client: ClientArgs,
-    /// Only this kind (rst_on_close, linger_abort, close_wait_leak, close_wait_resolved).
+    /// Only this kind (rst_on_close, linger_abort, close_wait_leak, close_wait_resolved,
+    /// connection_churn, connection_explosion, port_pressure).
     #[arg(long)]
     pub kind: Option<String>,
     /// Not before: RFC 3339, or a duration ago (`10m`).
@@ -252,6 +253,108 @@ pub struct AgentArgs {
         default_value_t = 100
     )]
     pub peer_label_limit: usize,
+    #[command(flatten)]
+    /// Pool-health scan and detector thresholds.
+    pub pool: PoolArgs,
+}
+
+/// Pool health: how often connection counts, TIME_WAIT sockets and ephemeral ports are read,
+/// and when the detectors report.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
+    /// How often connection counts are read from the kernel and sockets are listed for
+    /// TIME_WAIT and ephemeral ports; rates are measured over this window.
+    #[arg(
+        long,
+        env = "OBSERVER_POOL_INTERVAL",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
+    pub pool_interval: std::time::Duration,
+    /// `connection_churn`: new connections per second from one workload to one peer at or
+    /// above this rate, while their median lifetime is at most --churn-lifetime.
+    #[arg(
+        long,
+        env = "OBSERVER_CHURN_RATE",
+        value_name = "PER_SECOND",
+        default_value_t = 50.0
+    )]
+    pub churn_rate: f64,
+    /// `connection_churn`: the median lifetime under which connections count as short.
+    #[arg(
+        long,
+        env = "OBSERVER_CHURN_LIFETIME",
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
+    pub churn_lifetime: std::time::Duration,
+    /// `connection_explosion`: established connections from one workload to one peer at or
+    /// above this count.
+    #[arg(
+        long,
+        env = "OBSERVER_EXPLOSION_THRESHOLD",
+        value_name = "N",
+        default_value_t = 500
+    )]
+    pub explosion_threshold: u64,
+    /// `port_pressure`: share of the namespace's ip_local_port_range in use from one source
+    /// address to one destination at or above this ratio (0 to 1).
+    #[arg(
+        long,
+        env = "OBSERVER_PORT_PRESSURE_RATIO",
+        value_name = "RATIO",
+        default_value_t = 0.8
+    )]
+    pub port_pressure_ratio: f64,
+    /// A condition that persists is reported again only after this long (per detector,
+    /// workload and peer).
+    #[arg(
+        long,
+        env = "OBSERVER_DETECTOR_COOLDOWN",
+        value_name = "DURATION",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub detector_cooldown: std::time::Duration,
+}
+
+impl PoolArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.pool_interval < std::time::Duration::from_millis(100) {
+            return Err(Error::Invalid(
+                "--pool-interval",
+                "it must be at least 100ms",
+            ));
+        }
+        if !(self.churn_rate.is_finite() && self.churn_rate > 0.0) {
+            return Err(Error::Invalid(
+                "--churn-rate",
+                "it must be a number above 0",
+            ));
+        }
+        if self.churn_lifetime.is_zero() {
+            return Err(Error::Invalid(
+                "--churn-lifetime",
+                "it must be longer than 0s",
+            ));
+        }
+        if self.explosion_threshold == 0 {
+            return Err(Error::Invalid(
+                "--explosion-threshold",
+                "it must be at least 1",
+            ));
+        }
+        if !(self.port_pressure_ratio > 0.0 && self.port_pressure_ratio <= 1.0) {
+            return Err(Error::Invalid(
+                "--port-pressure-ratio",
+                "it must be above 0 and at most 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A flag value that parsed but makes no sense.
@@ -272,12 +375,16 @@ pub enum Error {
     /// `--max-events` is zero.
     #[error("invalid --max-events: keep at least one event")]
     ZeroMaxEvents,
+    /// A flag out of its range: the flag and what it must be.
+    #[error("invalid {0}: {1}")]
+    Invalid(&'static str, &'static str),
 }
 
 impl AgentArgs {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), Error> {
         self.probes.validate()?;
+        self.pool.validate()?;
         if self.close_wait_threshold.is_zero() {
             return Err(Error::ZeroThreshold);
         }
@@ -363,5 +470,23 @@ mod tests {
             p.validate().unwrap_err().to_string(),
             "invalid --hook-types: tracepoint is listed twice"
         );
+        for (flag, value, why) in [
+            (
+                "--port-pressure-ratio",
+                "1.5",
+                "it must be above 0 and at most 1",
+            ),
+            ("--churn-rate", "0", "it must be a number above 0"),
+            ("--explosion-threshold", "0", "it must be at least 1"),
+            ("--pool-interval", "10ms", "it must be at least 100ms"),
+        ] {
+            let Command::Agent(a) = parse(&["agent", flag, value]).unwrap().command else {
+                panic!("not agent")
+            };
+            assert_eq!(
+                a.validate().unwrap_err().to_string(),
+                format!("invalid {flag}: {why}")
+            );
+        }
     }
 }

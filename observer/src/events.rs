@@ -12,7 +12,7 @@ pub mod decode;
 pub mod reader;
 
 /// What an event reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The owner closed with unread bytes: the kernel sent RST instead of FIN.
@@ -24,15 +24,24 @@ pub enum Kind {
     CloseWaitLeak,
     /// A socket reported as a CLOSE_WAIT leak was finally closed.
     CloseWaitResolved,
+    /// A workload opens many short-lived connections to one peer: its pool is not reusing them.
+    ConnectionChurn,
+    /// A workload holds many established connections to one peer.
+    ConnectionExplosion,
+    /// Connections from one source address to one destination use most ephemeral ports.
+    PortPressure,
 }
 
 impl Kind {
     /// Every kind, in the order they are documented.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 7] = [
         Self::RstOnClose,
         Self::LingerAbort,
         Self::CloseWaitLeak,
         Self::CloseWaitResolved,
+        Self::ConnectionChurn,
+        Self::ConnectionExplosion,
+        Self::PortPressure,
     ];
 
     /// The name the API, the log and the store use.
@@ -42,6 +51,9 @@ impl Kind {
             Self::LingerAbort => "linger_abort",
             Self::CloseWaitLeak => "close_wait_leak",
             Self::CloseWaitResolved => "close_wait_resolved",
+            Self::ConnectionChurn => "connection_churn",
+            Self::ConnectionExplosion => "connection_explosion",
+            Self::PortPressure => "port_pressure",
         }
     }
 
@@ -69,6 +81,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The name the API, the log and the labels use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Unknown => "unknown",
+        }
+    }
+
     /// From the programs' `observer_common::event::Role` byte.
     pub fn from_wire(raw: u8) -> Self {
         match observer_common::event::Role::from(raw) {
@@ -136,6 +157,39 @@ pub struct Event {
     pub rst_reason: Option<String>,
     /// One plain-language sentence on the likely cause.
     pub hint: String,
+    /// Pool-health events: the figures that triggered them; null for other kinds.
+    pub figures: Option<Figures>,
+}
+
+/// What a pool-health detector measured, and the threshold it crossed. Fields that do not
+/// apply to the event's kind are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// The period the rates are measured over, in milliseconds.
+    pub window_ms: u64,
+    /// Connections to the peer established per second over the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_per_second: Option<f64>,
+    /// Connections closed over the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<u64>,
+    /// Median lifetime of those connections (upper bound of its histogram bucket), in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_lifetime_ms: Option<u64>,
+    /// Established connections from the workload to the peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<u64>,
+    /// Local ports in use from the source address to the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports_in_use: Option<u64>,
+    /// Size of the namespace's `ip_local_port_range`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<u32>,
+    /// `ports_in_use / port_range`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// The threshold crossed (per second, connections or ratio, as the flag sets it).
+    pub threshold: f64,
 }
 
 /// The hint for an event: what it means for the owner, in one sentence.
@@ -154,7 +208,7 @@ pub fn hint(kind: Kind, role: Role, unread: u32) -> String {
         Kind::LingerAbort => {
             "closed with SO_LINGER timeout 0: a deliberate abort (RST), not unread data".to_owned()
         }
-        Kind::CloseWaitLeak | Kind::CloseWaitResolved => String::new(),
+        _ => String::new(),
     }
 }
 

@@ -10,6 +10,8 @@
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
+//! * [`sock_diag`] — TCP sockets per network namespace, as `ss` lists them.
+//! * [`pool`] — pool health: connection counts, lifetimes, TIME_WAIT, ephemeral ports.
 //! * [`enrich`] — workload attribution: cgroup id -> container, pod, namespace.
 //! * [`metrics`] — the Prometheus registry, shared label sets, bounded peers, self-metrics.
 //! * [`output`] — the JSON-lines event log.
@@ -35,7 +37,9 @@ pub mod host;
 pub mod layout;
 pub mod metrics;
 pub mod output;
+pub mod pool;
 pub mod probes;
 pub mod shutdown;
+pub mod sock_diag;
 pub mod store;
 pub mod telemetry;

@@ -75,6 +75,16 @@ impl Peers {
         }
     }
 
+    /// How many peers may be named.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts `n` series updates folded into `other` elsewhere (ephemeral-port pairs).
+    pub fn folded(&self, n: u64) {
+        self.folded.inc_by(n);
+    }
+
     /// The peer label for a connection to `peer` in `role`.
     pub fn label(&self, role: Role, peer: SocketAddr) -> String {
         let name = match role {
@@ -157,6 +167,8 @@ pub struct SelfMetrics {
     pub map_capacity: Family<MapLabels, Gauge>,
     /// Most bytes seen waiting in the events ring buffer during the last second.
     pub ringbuf_used: Gauge,
+    /// Connections counted under the catch-all `FLOWS` entry because the map was full.
+    pub flows_full: Counter,
 }
 
 /// A map's name.
@@ -181,6 +193,7 @@ impl SelfMetrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             ringbuf_used: Gauge::default(),
+            flows_full: Counter::default(),
         };
         registry.register(
             "events_lost",
@@ -208,6 +221,11 @@ impl SelfMetrics {
                 source: (*source).to_owned(),
             });
         }
+        registry.register(
+            "flows_map_full",
+            "Connections counted under the catch-all series (peer=\"other\", role=\"unknown\") because the FLOWS map was full",
+            m.flows_full.clone(),
+        );
         registry.register(
             "map_capacity",
             "Maximum entries of an eBPF map",

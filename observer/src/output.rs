@@ -72,7 +72,11 @@ impl Metrics {
             Kind::RstOnClose => &self.rst_on_close,
             Kind::LingerAbort => &self.linger_abort,
             Kind::CloseWaitLeak => &self.close_wait_leaks,
-            Kind::CloseWaitResolved => return,
+            // Pool-health events are summaries of series exported as they are measured.
+            Kind::CloseWaitResolved
+            | Kind::ConnectionChurn
+            | Kind::ConnectionExplosion
+            | Kind::PortPressure => return,
         };
         family.get_or_create(&peers.of_event(e)).inc();
     }

@@ -19,6 +19,7 @@ use aya::{
 use observer_common::{
     OFFSETS_GLOBAL,
     event::{CloseWaitEntry, Config, Stat},
+    flow::{FlowKey, FlowStats, Owner, TupleKey},
     maps,
 };
 use tracing::{info, warn};
@@ -141,6 +142,7 @@ pub struct Probes {
     plan: Vec<PlanEntry>,
     stats: PerCpuArray<MapData, u64>,
     fill: PerCpuArray<MapData, u64>,
+    flows: Option<HashMap<MapData, FlowKey, FlowStats>>,
 }
 
 impl Probes {
@@ -175,6 +177,14 @@ impl Probes {
                 name: maps::CONFIG,
                 source,
             })?;
+        // The catch-all entry the programs count into once FLOWS is full.
+        let mut flows: HashMap<_, FlowKey, FlowStats> = take(&mut ebpf, maps::FLOWS)?;
+        flows
+            .insert(FlowKey::OTHER, FlowStats::ZERO, 0)
+            .map_err(|source| Error::Map {
+                name: maps::FLOWS,
+                source,
+            })?;
         let state = attach::attach(&mut ebpf, &attach::REQUIRED, &btf, layout, allowed);
         let failed = state.chosen.is_none().then(|| state.refusals());
         plan.push(state);
@@ -191,6 +201,7 @@ impl Probes {
             plan,
             stats: counters,
             fill,
+            flows: Some(flows),
         })
     }
 
@@ -224,6 +235,24 @@ impl Probes {
     /// Takes the pinned CLOSE_WAIT table, for the tracker.
     pub fn take_close_wait(&mut self) -> Result<HashMap<MapData, u64, CloseWaitEntry>, Error> {
         take(&mut self.ebpf, maps::CLOSE_WAIT)
+    }
+
+    /// Takes the connection counts and the first closers' owners, for the pool monitor.
+    #[expect(
+        clippy::type_complexity,
+        reason = "two map handles, named by their types"
+    )]
+    pub fn take_pool(
+        &mut self,
+    ) -> Result<
+        (
+            HashMap<MapData, FlowKey, FlowStats>,
+            HashMap<MapData, TupleKey, Owner>,
+        ),
+        Error,
+    > {
+        let flows = self.flows.take().ok_or(Error::MissingMap(maps::FLOWS))?;
+        Ok((flows, take(&mut self.ebpf, maps::CLOSERS)?))
     }
 
     /// Takes the aya-log ring buffer reader, if the object has one.
@@ -290,5 +319,6 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::ReadFailed => "kernel_read_failed",
         Stat::LostCloseWaitResolved => "ringbuf_full_close_wait_resolved",
         Stat::CloseWaitFull => "close_wait_map_full",
+        Stat::FlowsFull => "flows_map_full",
     }
 }

@@ -112,6 +112,7 @@ impl Decoder {
             close_wait_lower_bound: is_close_wait.then_some(false),
             rst_reason: self.rst_reason(raw.rst_reason),
             hint,
+            figures: None,
         })
     }
 

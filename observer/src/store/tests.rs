@@ -31,6 +31,7 @@ pub(crate) fn event(kind: Kind, pid: u32, comm: &str, peer: (&str, u16), wall_ns
         close_wait_lower_bound: None,
         rst_reason: None,
         hint: String::new(),
+        figures: None,
     }
 }
 

@@ -1,0 +1,648 @@
+//! Pool health (incidents 3 and 4): connection churn, connection explosion, TIME_WAIT build-up
+//! and ephemeral-port pressure, per workload and peer.
+//!
+//! The programs count opens and closes, with lifetime buckets, per (owner, peer, role) in the
+//! `FLOWS` map (no event per connection). Every `--pool-interval` the [`Monitor`], on a thread
+//! of its own:
+//!
+//! * reads `FLOWS`, turns the growth of each entry into counter and histogram increments and
+//!   the open connections into the established gauge, and deletes entries with nothing open
+//!   that did not move for a whole interval (lookup-and-delete: a count that lands meanwhile
+//!   is returned with the entry, never lost);
+//! * lists every namespace's sockets with `sock_diag`: TIME_WAIT sockets, named by the owner
+//!   the programs recorded when the socket closed first (`CLOSERS`), and local ports in use per
+//!   (source address, destination) against the namespace's `ip_local_port_range`;
+//! * runs the detectors ([`detect`]) and sends their events to the writers.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
+use observer_common::{
+    flow::{FlowKey, FlowStats, LIFETIME_BUCKETS, Owner, TupleKey},
+    tcp::AF_INET6,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{
+    enrich::Enricher,
+    events::{
+        Event, Figures, Kind, Role,
+        decode::{Decoder, addr, comm, monotonic_ns},
+    },
+    metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
+    sock_diag::{self, DiagSocket},
+};
+
+pub mod detect;
+pub mod lifetimes;
+pub mod ports;
+
+use detect::{Cooldown, Thresholds, Window};
+use lifetimes::Lifetimes;
+
+/// Workload, peer and role: the labels of the connection series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// Kubernetes namespace, empty when unknown.
+    pub namespace: String,
+    /// Pod name, empty when unknown.
+    pub pod: String,
+    /// Container name, empty when unknown.
+    pub container: String,
+    /// Process name when the connection was established.
+    pub comm: String,
+    /// `ip:port` for a client's peer, `ip` for a server's clients, or `other`.
+    pub peer: String,
+    /// `client`, `server` or `unknown`.
+    pub role: String,
+}
+
+/// Source address and destination: the labels of the ephemeral-port series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PortLabels {
+    /// Local address, or `other`.
+    pub source: String,
+    /// Destination `ip:port`, or `other`.
+    pub peer: String,
+}
+
+/// The growth of one `FLOWS` entry between two reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Connections established.
+    pub opened: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Sum of the closed ones' lifetimes, in milliseconds.
+    pub lifetime_ms: u64,
+    /// Closed ones by lifetime bucket.
+    pub lifetimes: [u64; LIFETIME_BUCKETS],
+}
+
+impl Delta {
+    /// `now - before`, field by field.
+    pub fn between(before: &FlowStats, now: &FlowStats) -> Self {
+        let mut lifetimes = [0; LIFETIME_BUCKETS];
+        for (d, (b, n)) in lifetimes
+            .iter_mut()
+            .zip(before.lifetime.iter().zip(&now.lifetime))
+        {
+            *d = n.saturating_sub(*b);
+        }
+        Self {
+            opened: now.opened.saturating_sub(before.opened),
+            closed: now.closed.saturating_sub(before.closed),
+            lifetime_ms: now.lifetime_ms_sum.saturating_sub(before.lifetime_ms_sum),
+            lifetimes,
+        }
+    }
+}
+
+/// The pool-health series.
+#[derive(Clone)]
+pub struct Metrics {
+    opened: Family<FlowLabels, Counter>,
+    closed: Family<FlowLabels, Counter>,
+    lifetime: Family<FlowLabels, Lifetimes>,
+    established: Family<FlowLabels, Gauge>,
+    time_wait: Family<WorkloadPeer, Gauge>,
+    ports_in_use: Family<PortLabels, Gauge>,
+    ports_ratio: Family<PortLabels, Gauge<f64, AtomicU64>>,
+    flows_entries: Gauge,
+}
+
+impl Metrics {
+    /// Registers the connection, TIME_WAIT and ephemeral-port series; the `FLOWS` fill level
+    /// goes into the self-metrics.
+    pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics) -> Self {
+        let map = MapLabels {
+            map: observer_common::maps::FLOWS.to_owned(),
+        };
+        self_metrics
+            .map_capacity
+            .get_or_create(&map)
+            .set(i64::from(observer_common::maps::FLOWS_MAX_ENTRIES));
+        let m = Self {
+            opened: Family::default(),
+            closed: Family::default(),
+            lifetime: Family::default(),
+            established: Family::default(),
+            time_wait: Family::default(),
+            ports_in_use: Family::default(),
+            ports_ratio: Family::default(),
+            flows_entries: self_metrics.map_entries.get_or_create_owned(&map),
+        };
+        registry.register(
+            "connections_opened",
+            "TCP connections established, by workload, peer and role (counted in the kernel)",
+            m.opened.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "TCP connections closed after observer saw them established, by workload, peer and role",
+            m.closed.clone(),
+        );
+        registry.register_with_unit(
+            "connection_lifetime",
+            "Lifetime of closed TCP connections, from ESTABLISHED to CLOSE (buckets double from 1 ms to about 70 minutes)",
+            Unit::Seconds,
+            m.lifetime.clone(),
+        );
+        registry.register(
+            "connections_established",
+            "TCP connections established since observer started and still open, by workload, peer and role",
+            m.established.clone(),
+        );
+        registry.register(
+            "time_wait_sockets",
+            "Sockets in TIME_WAIT, by the workload that closed first and its peer (comm empty when observer did not see the close)",
+            m.time_wait.clone(),
+        );
+        registry.register(
+            "ephemeral_ports_in_use",
+            "Local ports of ip_local_port_range in use from one source address to one destination (the busiest pairs; the rest in source=\"other\")",
+            m.ports_in_use.clone(),
+        );
+        registry.register(
+            "ephemeral_ports_ratio",
+            "observer_ephemeral_ports_in_use divided by the size of that namespace's ip_local_port_range (connect fails with EADDRNOTAVAIL at 1)",
+            m.ports_ratio.clone(),
+        );
+        m
+    }
+
+    /// Adds one entry's growth to the counters and the histogram.
+    pub fn flow(&self, labels: &FlowLabels, d: &Delta) {
+        if d.opened > 0 {
+            self.opened.get_or_create(labels).inc_by(d.opened);
+        }
+        if d.closed > 0 {
+            self.closed.get_or_create(labels).inc_by(d.closed);
+            self.lifetime
+                .get_or_create(labels)
+                .add(d.lifetime_ms, &d.lifetimes);
+        }
+    }
+
+    /// Replaces the established gauges, and the `FLOWS` fill level with `entries`.
+    pub fn set_established(&self, by: &BTreeMap<FlowLabels, i64>, entries: usize) {
+        self.flows_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.established.clear();
+        for (labels, n) in by {
+            self.established.get_or_create(labels).set((*n).max(0));
+        }
+    }
+
+    /// Replaces the TIME_WAIT gauges.
+    pub fn set_time_wait(&self, by: &BTreeMap<WorkloadPeer, i64>) {
+        self.time_wait.clear();
+        for (labels, n) in by {
+            self.time_wait.get_or_create(labels).set(*n);
+        }
+    }
+
+    /// Replaces the ephemeral-port gauges: ports in use and ratio per pair.
+    pub fn set_ports(&self, rows: &[(PortLabels, u64, f64)]) {
+        self.ports_in_use.clear();
+        self.ports_ratio.clear();
+        for (labels, n, ratio) in rows {
+            self.ports_in_use
+                .get_or_create(labels)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            self.ports_ratio.get_or_create(labels).set(*ratio);
+        }
+    }
+}
+
+/// Reads `FLOWS` and the socket lists, exports the series and runs the detectors.
+pub struct Monitor {
+    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    closers: BpfHashMap<MapData, TupleKey, Owner>,
+    /// Each entry as last read.
+    last: HashMap<FlowKey, FlowStats>,
+    /// Connections still open whose entry was deleted in a race (see [`Monitor::read_flows`]).
+    carry: HashMap<FlowKey, i64>,
+    last_scan: Instant,
+    thresholds: Thresholds,
+    flow_cooldown: Cooldown<FlowKey>,
+    port_cooldown: Cooldown<(u32, IpAddr, SocketAddr)>,
+    metrics: Metrics,
+    peers: Arc<Peers>,
+    enricher: Arc<Mutex<Enricher>>,
+    decoder: Decoder,
+}
+
+/// One entry's window, for the detectors.
+struct Seen {
+    key: FlowKey,
+    window: Window,
+    pid: u32,
+}
+
+impl Monitor {
+    /// A monitor over the programs' `FLOWS` and `CLOSERS` maps.
+    pub fn new(
+        (flows, closers): (
+            BpfHashMap<MapData, FlowKey, FlowStats>,
+            BpfHashMap<MapData, TupleKey, Owner>,
+        ),
+        thresholds: Thresholds,
+        metrics: Metrics,
+        peers: Arc<Peers>,
+        enricher: Arc<Mutex<Enricher>>,
+        decoder: Decoder,
+    ) -> Self {
+        let cooldown = thresholds.cooldown;
+        Self {
+            flows,
+            closers,
+            last: HashMap::new(),
+            carry: HashMap::new(),
+            last_scan: Instant::now(),
+            thresholds,
+            flow_cooldown: Cooldown::new(cooldown),
+            port_cooldown: Cooldown::new(cooldown),
+            metrics,
+            peers,
+            enricher,
+            decoder,
+        }
+    }
+
+    /// One scan: series updated, detector events returned.
+    pub fn scan(&mut self) -> Vec<Event> {
+        let now = Instant::now();
+        let length = now.duration_since(self.last_scan);
+        self.last_scan = now;
+        let seen = self.read_flows(length);
+        let mut events = Vec::new();
+        for s in &seen {
+            if s.key == FlowKey::OTHER {
+                continue;
+            }
+            let churn = detect::churn(&self.thresholds, &s.window);
+            let explosion = (s.key.role == observer_common::event::Role::Client as u8)
+                .then(|| detect::explosion(&self.thresholds, &s.window))
+                .flatten();
+            for (kind, figures) in [
+                (Kind::ConnectionChurn, churn),
+                (Kind::ConnectionExplosion, explosion),
+            ] {
+                if let Some(f) = figures
+                    && self.flow_cooldown.allow(kind, s.key, now)
+                {
+                    self.flow_cooldown.reported(kind, s.key, now);
+                    events.push(self.flow_event(kind, &s.key, s.pid, f));
+                }
+            }
+        }
+        let namespaces = sock_diag::namespaces();
+        let listing: Vec<ports::Netns> = sock_diag::in_each(&namespaces, ports::here)
+            .into_iter()
+            .map(|(_, ns)| ns)
+            .collect();
+        self.time_wait(&listing);
+        events.extend(self.ports(&listing, &seen, length, now));
+        events
+    }
+
+    /// Reads every `FLOWS` entry: counters, histogram and established gauges; deletes idle
+    /// entries. Returns each entry's window.
+    fn read_flows(&mut self, length: Duration) -> Vec<Seen> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
+        let mut next = HashMap::with_capacity(keys.len());
+        let mut seen = Vec::with_capacity(keys.len());
+        let mut established: BTreeMap<FlowLabels, i64> = BTreeMap::new();
+        for key in keys {
+            let Ok(mut now) = self.flows.get(&key, 0) else {
+                continue;
+            };
+            let before = self.last.get(&key).copied().unwrap_or(FlowStats::ZERO);
+            let idle = key != FlowKey::OTHER && now == before && now.opened == now.closed;
+            let mut deleted = false;
+            if idle {
+                match take(&self.flows, &key) {
+                    // What the entry held when deleted, counts that landed since the read
+                    // included. A connection opened in between and still open is carried.
+                    Ok(Some(last)) => {
+                        let open = open_count(&last);
+                        if open != 0 {
+                            *self.carry.entry(key).or_default() += open;
+                        }
+                        now = last;
+                        deleted = true;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => warn!(error = %e, "deleting an idle FLOWS entry failed"),
+                }
+            }
+            if !deleted {
+                next.insert(key, now);
+            }
+            let d = Delta::between(&before, &now);
+            let labels = self.labels(&key);
+            self.metrics.flow(&labels, &d);
+            let carried = self.carry.get(&key).copied().unwrap_or(0);
+            let open = if deleted {
+                carried
+            } else {
+                carried + open_count(&now)
+            };
+            *established.entry(labels).or_default() += open;
+            seen.push(Seen {
+                key,
+                window: Window {
+                    length,
+                    opened: d.opened,
+                    lifetimes: d.lifetimes,
+                    established: u64::try_from(open).unwrap_or(0),
+                },
+                pid: now.pid,
+            });
+        }
+        self.carry.retain(|_, n| *n != 0);
+        self.metrics.set_established(&established, next.len());
+        self.last = next;
+        seen
+    }
+
+    /// The labels of a `FLOWS` entry.
+    fn labels(&self, key: &FlowKey) -> FlowLabels {
+        if *key == FlowKey::OTHER {
+            return FlowLabels {
+                peer: "other".to_owned(),
+                role: Role::Unknown.as_str().to_owned(),
+                ..FlowLabels::default()
+            };
+        }
+        let a = self
+            .enricher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lookup(key.cgroup_id);
+        let role = Role::from_wire(key.role);
+        FlowLabels {
+            namespace: a.namespace.unwrap_or_default(),
+            pod: a.pod.unwrap_or_default(),
+            container: a.container.unwrap_or_default(),
+            comm: comm(&key.comm),
+            peer: self.peers.label(
+                role,
+                SocketAddr::new(addr(u16::from(key.family), key.peer), key.peer_port),
+            ),
+            role: role.as_str().to_owned(),
+        }
+    }
+
+    /// TIME_WAIT sockets by the owner that closed first.
+    fn time_wait(&self, listing: &[ports::Netns]) {
+        let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
+        for s in listing.iter().flat_map(ports::Netns::time_wait) {
+            let owner = self.closers.get(&tuple_key(s), 0).ok();
+            let labels = match owner {
+                Some(o) => {
+                    let a = self
+                        .enricher
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .lookup(o.cgroup_id);
+                    WorkloadPeer {
+                        namespace: a.namespace.unwrap_or_default(),
+                        pod: a.pod.unwrap_or_default(),
+                        container: a.container.unwrap_or_default(),
+                        comm: comm(&o.comm),
+                        peer: self.peers.label(Role::from_wire(o.role), s.tuple.peer),
+                    }
+                }
+                None => WorkloadPeer {
+                    peer: self.peers.label(Role::Unknown, s.tuple.peer),
+                    ..WorkloadPeer::default()
+                },
+            };
+            *by.entry(labels).or_default() += 1;
+        }
+        self.metrics.set_time_wait(&by);
+    }
+
+    /// Ephemeral-port gauges (the busiest pairs by name, the rest as `other`) and
+    /// `port_pressure` events, named after the workload with the most connections there.
+    fn ports(
+        &mut self,
+        listing: &[ports::Netns],
+        seen: &[Seen],
+        length: Duration,
+        now: Instant,
+    ) -> Vec<Event> {
+        let mut uses: Vec<ports::PortUse> =
+            listing.iter().flat_map(ports::Netns::port_use).collect();
+        uses.sort_by_key(|u| std::cmp::Reverse(u.in_use));
+        let mut rows: BTreeMap<PortLabels, (u64, f64)> = BTreeMap::new();
+        let mut folded = 0;
+        for (i, u) in uses.iter().enumerate() {
+            let labels = if i < self.peers.limit() {
+                PortLabels {
+                    source: u.source.to_string(),
+                    peer: u.peer.to_string(),
+                }
+            } else {
+                folded += 1;
+                PortLabels {
+                    source: "other".to_owned(),
+                    peer: "other".to_owned(),
+                }
+            };
+            // The same pair in two namespaces (loopback): the fuller one counts.
+            let row = rows.entry(labels).or_default();
+            row.0 = row.0.max(u.in_use);
+            row.1 = row.1.max(u.ratio());
+        }
+        self.peers.folded(folded);
+        let rows: Vec<(PortLabels, u64, f64)> =
+            rows.into_iter().map(|(l, (n, r))| (l, n, r)).collect();
+        self.metrics.set_ports(&rows);
+
+        let mut events = Vec::new();
+        for u in &uses {
+            let Some(f) = detect::port_pressure(&self.thresholds, u.in_use, u.range, length) else {
+                continue;
+            };
+            let key = (u.netns, u.source, u.peer);
+            if !self.port_cooldown.allow(Kind::PortPressure, key, now) {
+                continue;
+            }
+            self.port_cooldown.reported(Kind::PortPressure, key, now);
+            // The client with the most connections open to that destination.
+            let owner = seen
+                .iter()
+                .filter(|s| {
+                    s.key.netns == u.netns
+                        && s.key.role == observer_common::event::Role::Client as u8
+                        && s.key.peer_port == u.peer.port()
+                        && addr(u16::from(s.key.family), s.key.peer) == u.peer.ip()
+                })
+                .max_by_key(|s| s.window.established);
+            let mut ev = if let Some(s) = owner {
+                self.flow_event(Kind::PortPressure, &s.key, s.pid, f)
+            } else {
+                let mut key = FlowKey::OTHER;
+                key.netns = u.netns;
+                key.role = observer_common::event::Role::Client as u8;
+                self.flow_event(Kind::PortPressure, &key, 0, f)
+            };
+            ev.local_addr = u.source;
+            ev.peer_addr = u.peer.ip();
+            ev.peer_port = u.peer.port();
+            events.push(ev);
+        }
+        events
+    }
+
+    /// A pool-health event about the connections of `key` (attribution is added by the sink).
+    fn flow_event(&self, kind: Kind, key: &FlowKey, pid: u32, figures: Figures) -> Event {
+        let role = Role::from_wire(key.role);
+        let peer_addr = addr(u16::from(key.family), key.peer);
+        let local_addr = if peer_addr.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let at = monotonic_ns();
+        Event {
+            id: 0,
+            ts: self.decoder.wall_clock(at),
+            wall_ns: self.decoder.wall_ns(at),
+            kind,
+            pid,
+            comm: comm(&key.comm),
+            cgroup_id: key.cgroup_id,
+            container_id: None,
+            container: None,
+            pod: None,
+            namespace: None,
+            netns: key.netns,
+            local_addr,
+            local_port: 0,
+            peer_addr,
+            peer_port: key.peer_port,
+            role,
+            unread_bytes: 0,
+            conn_age_ms: None,
+            bytes_received: 0,
+            bytes_sent: None,
+            close_wait_ms: None,
+            last_read_ms_ago: None,
+            close_wait_lower_bound: None,
+            rst_reason: None,
+            hint: detect::hint(kind, &figures, role == Role::Server),
+            figures: Some(figures),
+        }
+    }
+}
+
+/// Connections an entry counts as open.
+fn open_count(s: &FlowStats) -> i64 {
+    i64::try_from(s.opened).unwrap_or(i64::MAX) - i64::try_from(s.closed).unwrap_or(i64::MAX)
+}
+
+/// The `CLOSERS` key of a socket `sock_diag` listed (addresses as the kernel stores them).
+fn tuple_key(s: &DiagSocket) -> TupleKey {
+    let raw = |ip: IpAddr| -> [u8; 16] {
+        let mut out = [0; 16];
+        match ip {
+            IpAddr::V4(v4) if s.family == AF_INET6 => out = v4.to_ipv6_mapped().octets(),
+            IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => out = v6.octets(),
+        }
+        out
+    };
+    TupleKey {
+        saddr: raw(s.tuple.local.ip()),
+        daddr: raw(s.tuple.peer.ip()),
+        netns: s.tuple.netns,
+        sport: s.tuple.local.port(),
+        dport: s.tuple.peer.port(),
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps, Linux 5.14): the entry's value as it was
+/// deleted, so nothing added between a read and the deletion is lost. aya exposes it for
+/// queues and stacks only.
+fn take(
+    map: &BpfHashMap<MapData, FlowKey, FlowStats>,
+    key: &FlowKey,
+) -> io::Result<Option<FlowStats>> {
+    /// The `bpf_attr` members of the map element commands.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = MaybeUninit::<FlowStats>::uninit();
+    let attr = Attr {
+        map_fd: u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix of its own size; the kernel writes one
+    // `FlowStats` (the map's value size) into `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw const attr,
+            size_of::<Attr>(),
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: the kernel filled it (success).
+    Ok(Some(unsafe { value.assume_init() }))
+}
+
+/// The monitor's thread: a scan every `every` until `stop` is dropped or signalled; events go
+/// to `tx`.
+pub fn spawn(
+    mut monitor: Monitor,
+    every: Duration,
+    tx: mpsc::Sender<Event>,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("observer-pool".to_owned())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+                for ev in monitor.scan() {
+                    if tx.blocking_send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+}

@@ -1,0 +1,149 @@
+//! TIME_WAIT sockets and ephemeral-port use, per network namespace, from `sock_diag` and the
+//! namespace's `net.ipv4.ip_local_port_range`.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+};
+
+use observer_common::tcp::{LISTEN, TIME_WAIT};
+
+use crate::sock_diag::{self, DiagSocket};
+
+/// Every TCP state bit but LISTEN (`1 << state` for states 1 to 11).
+const NOT_LISTENING: u32 = 0xffe & !(1 << LISTEN);
+
+/// One namespace's sockets (listeners excepted) and ephemeral range.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    /// Inode of the namespace.
+    pub netns: u32,
+    /// `ip_local_port_range`, inclusive; `None` if it could not be read.
+    pub range: Option<(u16, u16)>,
+    /// Its TCP sockets in every state but LISTEN.
+    pub sockets: Vec<DiagSocket>,
+}
+
+/// Lists the calling thread's namespace (`netns` is its inode).
+pub fn here(netns: u32) -> io::Result<Netns> {
+    let sockets = sock_diag::here(netns, NOT_LISTENING)?;
+    // Network sysctls answer for the namespace of the task that opens them: this thread's.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| parse_range(&s));
+    Ok(Netns {
+        netns,
+        range,
+        sockets,
+    })
+}
+
+/// `"32768\t60999\n"` -> `(32768, 60999)`.
+pub fn parse_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+impl Netns {
+    /// Its TIME_WAIT sockets (sub-state TIME_WAIT, as `ss state time-wait` shows them).
+    pub fn time_wait(&self) -> impl Iterator<Item = &DiagSocket> {
+        self.sockets
+            .iter()
+            .filter(|s| i32::from(s.state) == TIME_WAIT)
+    }
+
+    /// Local ports of the ephemeral range in use, per (source address, destination), and the
+    /// range's size. Ports are unique per destination, so each destination has the whole
+    /// range to itself.
+    pub fn port_use(&self) -> Vec<PortUse> {
+        let Some((lo, hi)) = self.range else {
+            return Vec::new();
+        };
+        let mut by: BTreeMap<(IpAddr, SocketAddr), u64> = BTreeMap::new();
+        for s in &self.sockets {
+            let port = s.tuple.local.port();
+            if (lo..=hi).contains(&port) {
+                *by.entry((s.tuple.local.ip(), s.tuple.peer)).or_default() += 1;
+            }
+        }
+        by.into_iter()
+            .map(|((source, peer), in_use)| PortUse {
+                netns: self.netns,
+                source,
+                peer,
+                in_use,
+                range: u32::from(hi - lo) + 1,
+            })
+            .collect()
+    }
+}
+
+/// Ephemeral ports from one source address to one destination in one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortUse {
+    /// Namespace inode.
+    pub netns: u32,
+    /// Local address.
+    pub source: IpAddr,
+    /// Destination.
+    pub peer: SocketAddr,
+    /// Local ports of the range in use towards it.
+    pub in_use: u64,
+    /// Size of the namespace's range.
+    pub range: u32,
+}
+
+impl PortUse {
+    /// `in_use / range`.
+    pub fn ratio(&self) -> f64 {
+        self.in_use as f64 / f64::from(self.range.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sock_diag::Tuple;
+
+    #[test]
+    fn ranges_parse_as_the_kernel_prints_them() {
+        assert_eq!(parse_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_range("40000 40099"), Some((40000, 40099)));
+        assert_eq!(parse_range("5 4"), None);
+        assert_eq!(parse_range("x"), None);
+    }
+
+    #[test]
+    fn ports_are_counted_per_source_and_destination_within_the_range() {
+        let sock = |local: &str, peer: &str, state: i32| DiagSocket {
+            tuple: Tuple {
+                netns: 9,
+                local: local.parse().unwrap(),
+                peer: peer.parse().unwrap(),
+            },
+            state: state as u8,
+            family: observer_common::tcp::AF_INET,
+            inode: 0,
+            rqueue: 0,
+        };
+        let ns = Netns {
+            netns: 9,
+            range: Some((40000, 40099)),
+            sockets: vec![
+                sock("10.0.0.1:40000", "10.0.0.9:80", 1),
+                sock("10.0.0.1:40001", "10.0.0.9:80", TIME_WAIT),
+                sock("10.0.0.1:40001", "10.0.0.9:443", 1),
+                // A server's accepted socket: its port is the listener's, not ephemeral.
+                sock("10.0.0.1:8080", "10.0.0.7:40005", 1),
+            ],
+        };
+        let uses = ns.port_use();
+        assert_eq!(uses.len(), 2);
+        assert_eq!(uses[0].peer, "10.0.0.9:80".parse().unwrap());
+        assert_eq!((uses[0].in_use, uses[0].range), (2, 100));
+        assert!((uses[0].ratio() - 0.02).abs() < 1e-9);
+        assert_eq!(ns.time_wait().count(), 1);
+    }
+}
