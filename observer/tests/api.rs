@@ -47,6 +47,7 @@ fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) 
         close_wait_lower_bound: None,
         rst_reason: Some("TCP_ABORT_ON_CLOSE".to_owned()),
         hint: "closed with 42 unread bytes".to_owned(),
+        figures: None,
     }
 }
 

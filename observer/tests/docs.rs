@@ -40,6 +40,7 @@ fn event(kind: Kind) -> Event {
         close_wait_lower_bound: None,
         rst_reason: None,
         hint: String::new(),
+        figures: None,
     }
 }
 
@@ -105,6 +106,29 @@ fn exported() -> BTreeSet<(String, String)> {
         reported: false,
     };
     m.close_wait.set(&[view], &m.peers, 1);
+    let flow = observer::pool::FlowLabels {
+        comm: "x".into(),
+        peer: "127.0.0.1:80".into(),
+        role: "client".into(),
+        ..Default::default()
+    };
+    let mut delta = observer::pool::Delta {
+        opened: 2,
+        closed: 1,
+        lifetime_ms: 3,
+        ..Default::default()
+    };
+    delta.lifetimes[2] = 1;
+    m.pool.flow(&flow, &delta);
+    m.pool
+        .set_established(&[(flow, 1)].into_iter().collect(), 1);
+    m.pool.set_time_wait(
+        &[(observer::metrics::WorkloadPeer::default(), 1)]
+            .into_iter()
+            .collect(),
+    );
+    m.pool.set_ports(&[(observer::pool::PortLabels::default(), 1, 0.5)]);
+    m.self_metrics.flows_full.inc();
     observer::metrics::encode_prometheus(&registry)
         .lines()
         .filter_map(|l| {

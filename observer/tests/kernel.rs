@@ -16,6 +16,7 @@ mod kernel {
     mod close_wait;
     mod fallbacks;
     mod kubernetes;
+    mod pool;
     mod prometheus;
     mod real_clients;
     mod rst_on_close;

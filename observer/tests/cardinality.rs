@@ -1,0 +1,88 @@
+//! Cardinality: 10,000 distinct peers keep the exposition bounded, and what was folded into
+//! `peer="other"` is counted. Its own test binary: the agent sees every connection on the
+//! host, so this flood of peers would fill the peer labels of the agents other kernel tests
+//! start in parallel.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure, with the failing call in the backtrace"
+)]
+
+#[path = "kernel/support.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the kernel tests; this test uses part of it"
+)]
+mod support;
+
+use std::{
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{Agent, in_netns, require_bpf};
+
+/// The value of an unlabelled sample.
+fn plain(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes until `f` accepts the text (returning it) or `timeout` passes (panicking with it).
+fn wait_metrics(url: &str, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = ureq::get(&format!("{url}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        if f(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}; /metrics:\n{text}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ten_thousand_peers_keep_the_exposition_bounded() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s", "--peer-label-limit", "100"]);
+    let url = agent.url.clone();
+    in_netns(|_| {
+        // Every 127.0.0.0/8 address is local: 10,000 distinct peers, one listener.
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 24_009)).unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        for i in 0..10_000u32 {
+            let ip = Ipv4Addr::from(0x7f01_0000 + i);
+            let mut c = TcpStream::connect(SocketAddr::from((ip, 24_009))).unwrap();
+            let _ = c.read(&mut [0; 1]);
+        }
+    });
+    let text = wait_metrics(&url, Duration::from_secs(20), "10,000 peers folded", |t| {
+        plain(t, "observer_peer_labels_folded_total").is_some_and(|n| n >= 9_000.0)
+    });
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    eprintln!("{series} series in the exposition");
+    // docs/metrics.md: with --peer-label-limit 100, at most 101 peer values per family.
+    assert!(series < 6_000, "{series} series");
+    let peers: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("observer_connections_opened_total{"))
+        .filter_map(|l| l.split("peer=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(peers.len() <= 101, "{} peer values", peers.len());
+    assert!(peers.contains("other"));
+    let folded = plain(&text, "observer_peer_labels_folded_total").unwrap();
+    assert!(folded >= 9_000.0, "folded {folded}");
+}

@@ -1,0 +1,591 @@
+//! Pool health against real sockets in a namespace of the test's own: churn versus keep-alive,
+//! an explosion of established connections (checked against `ss`), ephemeral-port pressure
+//! before `EADDRNOTAVAIL`, TIME_WAIT attributed to the first closer (checked against `ss`),
+//! `wrk` against `nginx` with keep-alive on and off. (10,000 distinct peers: `tests/cardinality.rs`.)
+//!
+//! Every scenario uses ports of its own: the agent sees the whole host, and its series are
+//! told apart by their peer label.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::support::{Agent, in_netns, own_comm, require_bpf};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The agent's `/metrics` text.
+fn scrape(url: &str) -> String {
+    ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The value of the sample `name{...}` whose labels include every pair of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Scrapes until `f` accepts the text (returning it) or `timeout` passes (panicking with it).
+fn wait_metrics(url: &str, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = scrape(url);
+        if f(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}; /metrics:\n{text}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stored events of `kind` in `netns` (from the API), waiting up to `timeout` for at least `n`.
+fn events_of(url: &str, netns: u64, kind: &str, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body: Value = ureq::get(&format!("{url}/api/v1/events?kind={kind}&limit=1000"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap();
+        let found: Vec<Value> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["netns"] == netns)
+            .cloned()
+            .collect();
+        if found.len() >= n || Instant::now() >= deadline {
+            return found;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A thread kept in a network namespace of its own, running closures sent to it: the test's
+/// own thread stays outside, where the agent's API is.
+struct Worker {
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    netns: u64,
+}
+
+impl Worker {
+    fn new() -> Self {
+        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (ino_tx, ino_rx) = mpsc::channel();
+        thread::spawn(move || {
+            in_netns(move |ino| {
+                ino_tx.send(ino).unwrap();
+                for job in rx {
+                    job();
+                }
+            });
+        });
+        Self {
+            jobs,
+            netns: ino_rx.recv().unwrap(),
+        }
+    }
+
+    /// Runs `f` in the namespace and returns its result (panics if `f` did).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .unwrap();
+        rx.recv().expect("the job panicked in the namespace")
+    }
+}
+
+/// Lines `ss -Htn state <state> <filter>` prints in the calling thread's namespace.
+fn ss_count(state: &str, filter: &str) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", state, filter])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A server on `port` that answers each line with `ok\n` until the client closes, then
+/// closes (so the client is the first to close).
+fn echo_server(port: u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    if line.is_err() || w.write_all(b"ok\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A server on `port` that accepts and holds every connection.
+fn holding_server(port: u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            held.push(conn);
+        }
+    });
+}
+
+fn request(conn: &mut BufReader<TcpStream>) {
+    conn.get_mut().write_all(b"ping\n").unwrap();
+    let mut line = String::new();
+    conn.read_line(&mut line).unwrap();
+    assert_eq!(line, "ok\n");
+}
+
+/// Raises this process's open-file limit to the hard limit (the tests hold many sockets).
+fn more_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l), 0);
+    }
+}
+
+#[test]
+fn short_connections_churn_and_keep_alive_does_not() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s", "--churn-rate", "100"]);
+    let url = agent.url.clone();
+    let (netns, churned, kept_conn) = in_netns(move |netns| {
+        let (churned, kept) = (24_001, 24_002);
+        echo_server(churned);
+        echo_server(kept);
+        for _ in 0..1000 {
+            let mut c = BufReader::new(TcpStream::connect((Ipv4Addr::LOCALHOST, churned)).unwrap());
+            request(&mut c);
+        }
+        let mut c = BufReader::new(TcpStream::connect((Ipv4Addr::LOCALHOST, kept)).unwrap());
+        for _ in 0..1000 {
+            request(&mut c);
+        }
+        (netns, churned, c)
+    });
+    let kept = kept_conn.get_ref().peer_addr().unwrap().port();
+    let comm = own_comm();
+    let peer = |port: u16| format!("127.0.0.1:{port}");
+    let (churned_peer, kept_peer) = (peer(churned), peer(kept));
+    let client = |p: &'static str| [("comm", comm.as_str()), ("peer", p), ("role", "client")];
+    let churned_labels = client(churned_peer.clone().leak());
+    let kept_labels = client(kept_peer.clone().leak());
+    let text = wait_metrics(&url, Duration::from_secs(15), "1000 closes counted", |t| {
+        sample(
+            t,
+            "observer_connection_lifetime_seconds_count",
+            &churned_labels,
+        ) == Some(1000.0)
+            && sample(t, "observer_connections_opened_total", &kept_labels) == Some(1.0)
+    });
+    // Short connections: every lifetime in the lowest buckets (well under 16 ms on loopback).
+    let bucket = |le: &'static str| {
+        let mut l = churned_labels.to_vec();
+        l.push(("le", le));
+        sample(&text, "observer_connection_lifetime_seconds_bucket", &l).unwrap()
+    };
+    assert!(bucket("0.016") >= 990.0, "lifetimes: {}", bucket("0.016"));
+    assert!((bucket("+Inf") - 1000.0).abs() < 0.5);
+    assert_eq!(
+        sample(&text, "observer_connections_opened_total", &churned_labels),
+        Some(1000.0)
+    );
+    // The keep-alive connection is still open: nothing closed, one established.
+    assert_eq!(
+        sample(
+            &text,
+            "observer_connection_lifetime_seconds_count",
+            &kept_labels
+        ),
+        None
+    );
+    assert_eq!(
+        sample(&text, "observer_connections_established", &kept_labels),
+        Some(1.0)
+    );
+
+    let churn = events_of(&url, netns, "connection_churn", 1, Duration::from_secs(10));
+    let client_churn: Vec<&Value> = churn.iter().filter(|e| e["role"] == "client").collect();
+    assert_eq!(client_churn.len(), 1, "{churn:#?}");
+    let e = client_churn[0];
+    assert_eq!(e["peer_port"], churned);
+    assert_eq!(e["pid"], std::process::id());
+    assert_eq!(e["comm"], comm);
+    assert!(
+        e["figures"]["opened_per_second"].as_f64().unwrap() >= 100.0,
+        "{e:#}"
+    );
+    assert!(
+        e["figures"]["median_lifetime_ms"].as_u64().unwrap() <= 16,
+        "{e:#}"
+    );
+    assert!(
+        e["hint"]
+            .as_str()
+            .unwrap()
+            .contains("not reusing connections")
+    );
+    // The server side of the same churn is named too; the keep-alive peer never is.
+    assert!(
+        churn
+            .iter()
+            .any(|e| e["role"] == "server" && e["peer_addr"] == "127.0.0.1")
+    );
+    assert!(churn.iter().all(|e| e["peer_port"] != kept), "{churn:#?}");
+}
+
+#[test]
+fn an_explosion_of_connections_is_named_and_matches_ss() {
+    if !require_bpf() {
+        return;
+    }
+    more_files();
+    let agent = Agent::start(&["--pool-interval", "1s", "--explosion-threshold", "500"]);
+    let port = 24_003;
+    let ns = Worker::new();
+    let mut client = ns.run(move || {
+        holding_server(port);
+        // A real process holding 500 connections to one peer (a pool per coroutine).
+        Command::new(PYTHON)
+            .args([
+                "-c",
+                &format!(
+                    "import socket, sys\n\
+                     held = [socket.create_connection(('127.0.0.1', {port})) for _ in range(500)]\n\
+                     print('ready', flush=True)\n\
+                     sys.stdin.read()\n"
+                ),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3")
+    });
+    let mut ready = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let from_ss = ns.run(move || ss_count("established", &format!("dport = :{port}")));
+    assert_eq!(from_ss, 500, "ss counts the 500 connections");
+    let labels = [
+        ("comm", "python3"),
+        ("peer", "127.0.0.1:24003"),
+        ("role", "client"),
+    ];
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "500 established",
+        |t| sample(t, "observer_connections_established", &labels) == Some(500.0),
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "observer_connections_established",
+            &[("peer", "127.0.0.1:24003"), ("role", "client")]
+        ),
+        Some(from_ss as f64),
+        "the gauge equals ss"
+    );
+    // Held for several more scans: still one event.
+    thread::sleep(Duration::from_secs(3));
+    let events = events_of(
+        &agent.url,
+        ns.netns,
+        "connection_explosion",
+        1,
+        Duration::from_secs(5),
+    );
+    drop(client.stdin.take());
+    let _ = client.wait();
+    assert_eq!(events.len(), 1, "one event while it persists: {events:#?}");
+    let e = &events[0];
+    assert_eq!(e["pid"], client.id());
+    assert_eq!(e["comm"], "python3");
+    assert_eq!(e["peer_addr"], "127.0.0.1");
+    assert_eq!(e["peer_port"], port);
+    assert_eq!(e["figures"]["established"], 500);
+    assert_eq!(e["figures"]["threshold"], 500.0);
+}
+
+#[test]
+fn port_pressure_is_reported_before_connect_fails() {
+    if !require_bpf() {
+        return;
+    }
+    more_files();
+    let agent = Agent::start(&["--pool-interval", "1s", "--port-pressure-ratio", "0.8"]);
+    let port = 24_005;
+    let ns = Worker::new();
+    let held = ns.run(move || {
+        // Sysctls under /proc/sys/net answer for the opener's namespace: this thread's.
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40099").unwrap();
+        holding_server(port);
+        (0..85)
+            .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let events = events_of(
+        &agent.url,
+        ns.netns,
+        "port_pressure",
+        1,
+        Duration::from_secs(15),
+    );
+    assert!(!events.is_empty(), "no port_pressure at 85 of 100 ports");
+    let text = scrape(&agent.url);
+    // Now run out: connect fails once the 100 ports are taken.
+    let (failed_at, held) = ns.run(move || {
+        let mut held = held;
+        loop {
+            match TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                Ok(c) => held.push(c),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                    break (held.len(), held);
+                }
+            }
+            assert!(held.len() <= 100, "more connections than ports");
+        }
+    });
+    drop(held);
+    assert_eq!(failed_at, 100, "connect fails with all 100 ports in use");
+    let e = &events[0];
+    assert_eq!(e["kind"], "port_pressure");
+    assert_eq!(e["pid"], std::process::id());
+    assert_eq!(e["local_addr"], "127.0.0.1");
+    assert_eq!(e["peer_port"], port);
+    assert_eq!(e["figures"]["ports_in_use"], 85);
+    assert_eq!(e["figures"]["port_range"], 100);
+    assert_eq!(e["figures"]["ratio"], 0.85);
+    assert!(e["hint"].as_str().unwrap().contains("EADDRNOTAVAIL"));
+    let pair = [("source", "127.0.0.1"), ("peer", "127.0.0.1:24005")];
+    assert_eq!(
+        sample(&text, "observer_ephemeral_ports_in_use", &pair),
+        Some(85.0)
+    );
+    assert_eq!(
+        sample(&text, "observer_ephemeral_ports_ratio", &pair),
+        Some(0.85)
+    );
+}
+
+#[test]
+fn time_wait_is_attributed_to_the_first_closer_and_matches_ss() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s"]);
+    let port = 24_006;
+    let ns = Worker::new();
+    let from_ss = ns.run(move || {
+        echo_server(port);
+        // python3 closes first: its sockets go to TIME_WAIT, the server's do not.
+        let out = Command::new(PYTHON)
+            .args([
+                "-c",
+                &format!(
+                    "import socket\n\
+                     for _ in range(50):\n\
+                     \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+                     \x20   s.sendall(b'ping\\n'); s.recv(3); s.close()\n"
+                ),
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        ss_count("time-wait", &format!("dport = :{port}"))
+    });
+    assert_eq!(from_ss, 50);
+    let labels = [("comm", "python3"), ("peer", "127.0.0.1:24006")];
+    let text = wait_metrics(&agent.url, Duration::from_secs(15), "50 TIME_WAIT", |t| {
+        sample(t, "observer_time_wait_sockets", &labels) == Some(from_ss as f64)
+    });
+    // Only the client (the first closer) holds them: no series names the server side.
+    let server_side = text.lines().filter(|l| {
+        l.starts_with("observer_time_wait_sockets{")
+            && l.contains(&format!("comm=\"{}\"", own_comm()))
+            && l.contains("peer=\"127.0.0.1\"")
+    });
+    assert_eq!(server_side.count(), 0, "{text}");
+}
+
+/// nginx from Debian's package on `ports` (keep-alive allowed), in the calling thread's
+/// namespace; stopped on drop.
+struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(ports: &[u16]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), vec![b'x'; 1024]).unwrap();
+        let d = dir.path().display();
+        let listen = ports.iter().fold(String::new(), |mut out, p| {
+            use std::fmt::Write as _;
+            let _ = write!(out, "listen 127.0.0.1:{p}; ");
+            out
+        });
+        let conf = format!(
+            "daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             keepalive_requests 1000000;\n\
+             server {{ {listen} root {d}; }} }}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package)");
+        for p in ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, *p)).is_err() {
+                assert!(Instant::now() < deadline, "nginx did not start");
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Self { child, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `wrk` for 2 s with 8 connections; `Connection: close` when not `keep_alive`.
+fn wrk(port: u16, keep_alive: bool) {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c8", "-d2s"]);
+    if !keep_alive {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}/index.html"))
+        .output()
+        .expect("wrk (Debian package)");
+    assert!(out.status.success(), "wrk: {out:?}");
+}
+
+#[test]
+fn wrk_against_nginx_shows_keep_alive_in_the_series() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s", "--churn-rate", "100"]);
+    let (kept, closed) = (24_007, 24_008);
+    let ns = Worker::new();
+    let nginx = ns.run(move || {
+        let nginx = Nginx::start(&[kept, closed]);
+        wrk(kept, true);
+        wrk(closed, false);
+        nginx
+    });
+    // The 8 keep-alive connections close when wrk exits: wait for those closes.
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "wrk's closes counted",
+        |t| {
+            ["127.0.0.1:24007", "127.0.0.1:24008"].iter().all(|p| {
+                sample(
+                    t,
+                    "observer_connections_closed_total",
+                    &[("comm", "wrk"), ("peer", p), ("role", "client")],
+                )
+                .is_some()
+            })
+        },
+    );
+    drop(nginx);
+    let opened = |port: &'static str| {
+        sample(
+            &text,
+            "observer_connections_opened_total",
+            &[("comm", "wrk"), ("peer", port), ("role", "client")],
+        )
+        .unwrap()
+    };
+    // Keep-alive: wrk's 8 connections (plus at most a few reconnects).
+    assert!(
+        opened("127.0.0.1:24007") <= 16.0,
+        "{}",
+        opened("127.0.0.1:24007")
+    );
+    // Connection: close: one connection per request.
+    assert!(
+        opened("127.0.0.1:24008") >= 500.0,
+        "{}",
+        opened("127.0.0.1:24008")
+    );
+    // nginx is named as the server of both (its listener's owner).
+    assert!(
+        sample(
+            &text,
+            "observer_connections_opened_total",
+            &[("comm", "nginx"), ("role", "server")]
+        )
+        .is_some(),
+        "{text}"
+    );
+    let churn = events_of(
+        &agent.url,
+        ns.netns,
+        "connection_churn",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(
+        churn
+            .iter()
+            .any(|e| e["comm"] == "wrk" && e["peer_port"] == closed),
+        "{churn:#?}"
+    );
+    assert!(churn.iter().all(|e| e["peer_port"] != kept), "{churn:#?}");
+}
