@@ -11,7 +11,7 @@
 //!   network namespace, reports them the same way with `close_wait_lower_bound: true`, and
 //!   deletes map entries whose socket left CLOSE_WAIT while no agent was running;
 //! * it names owners the programs could not (an accepted socket never read, a socket found at
-//!   start-up) from `/proc/*/fd` ([`owners`]), cached per socket.
+//!   start-up) from `/proc/*/fd` ([`crate::owners`]), cached per socket.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    owners,
     enrich::Enricher,
     events::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
@@ -40,7 +41,6 @@ use crate::{
     metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
 };
 
-pub mod owners;
 
 use crate::sock_diag as diag;
 pub use crate::sock_diag::Tuple;

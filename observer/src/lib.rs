@@ -12,6 +12,7 @@
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
 //! * [`sock_diag`] — TCP sockets per network namespace, as `ss` lists them.
 //! * [`pool`] — pool health: connection counts, lifetimes, TIME_WAIT, ephemeral ports.
+//! * [`owners`] — who holds a socket, from `/proc/*/fd` (for sockets the programs missed).
 //! * [`enrich`] — workload attribution: cgroup id -> container, pod, namespace.
 //! * [`metrics`] — the Prometheus registry, shared label sets, bounded peers, self-metrics.
 //! * [`output`] — the JSON-lines event log.
@@ -37,6 +38,7 @@ pub mod host;
 pub mod layout;
 pub mod metrics;
 pub mod output;
+pub mod owners;
 pub mod pool;
 pub mod probes;
 pub mod shutdown;

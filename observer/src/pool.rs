@@ -13,21 +13,25 @@
 //!   the programs recorded when the socket closed first (`CLOSERS`), and local ports in use per
 //!   (source address, destination) against the namespace's `ip_local_port_range`;
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
+//!
+//! At start-up it records the owners of listening sockets that predate the programs, so the
+//! connections they accept are attributed like those of listeners opened later.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use observer_common::{
-    flow::{FlowKey, FlowStats, LIFETIME_BUCKETS, Owner, TupleKey},
-    tcp::AF_INET6,
+    flow::{FlowKey, FlowStats, LIFETIME_BUCKETS, ListenKey, Owner, TupleKey},
+    tcp::{AF_INET6, LISTEN},
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -35,7 +39,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     enrich::Enricher,
@@ -44,8 +48,12 @@ use crate::{
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
+    owners,
     sock_diag::{self, DiagSocket},
 };
+
+/// `BPF_NOEXIST`: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
 
 pub mod detect;
 pub mod lifetimes;
@@ -229,10 +237,21 @@ impl Metrics {
     }
 }
 
+/// The programs' maps the monitor reads and fills.
+pub struct Maps {
+    /// Connection counts.
+    pub flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    /// Owners of sockets that closed first, by tuple.
+    pub closers: BpfHashMap<MapData, TupleKey, Owner>,
+    /// Owners of listening sockets.
+    pub listeners: BpfHashMap<MapData, ListenKey, Owner>,
+}
+
 /// Reads `FLOWS` and the socket lists, exports the series and runs the detectors.
 pub struct Monitor {
     flows: BpfHashMap<MapData, FlowKey, FlowStats>,
     closers: BpfHashMap<MapData, TupleKey, Owner>,
+    listeners: BpfHashMap<MapData, ListenKey, Owner>,
     /// Each entry as last read.
     last: HashMap<FlowKey, FlowStats>,
     /// Connections still open whose entry was deleted in a race (see [`Monitor::read_flows`]).
@@ -257,10 +276,7 @@ struct Seen {
 impl Monitor {
     /// A monitor over the programs' `FLOWS` and `CLOSERS` maps.
     pub fn new(
-        (flows, closers): (
-            BpfHashMap<MapData, FlowKey, FlowStats>,
-            BpfHashMap<MapData, TupleKey, Owner>,
-        ),
+        maps: Maps,
         thresholds: Thresholds,
         metrics: Metrics,
         peers: Arc<Peers>,
@@ -269,8 +285,9 @@ impl Monitor {
     ) -> Self {
         let cooldown = thresholds.cooldown;
         Self {
-            flows,
-            closers,
+            flows: maps.flows,
+            closers: maps.closers,
+            listeners: maps.listeners,
             last: HashMap::new(),
             carry: HashMap::new(),
             last_scan: Instant::now(),
@@ -282,6 +299,47 @@ impl Monitor {
             enricher,
             decoder,
         }
+    }
+
+    /// Records the owners of the listening sockets that existed before the programs were
+    /// attached (found with `sock_diag` and `/proc/*/fd`), so the connections they accept are
+    /// attributed too. A listener the programs recorded meanwhile is kept. Returns how many
+    /// were added.
+    pub fn startup(&mut self) -> usize {
+        let namespaces = sock_diag::namespaces();
+        let listening: Vec<DiagSocket> =
+            sock_diag::in_each(&namespaces, |netns| sock_diag::here(netns, 1 << LISTEN))
+                .into_iter()
+                .flat_map(|(_, found)| found)
+                .collect();
+        let inodes: HashSet<u64> = listening.iter().map(|s| s.inode).collect();
+        let owners = owners::find(Path::new("/proc"), &inodes);
+        let mut added = 0;
+        for s in &listening {
+            let Some(o) = owners.get(&s.inode) else {
+                continue;
+            };
+            let key = ListenKey {
+                netns: s.tuple.netns,
+                port: s.tuple.local.port(),
+                _pad: 0,
+            };
+            let mut comm = [0u8; 16];
+            for (d, b) in comm.iter_mut().zip(o.comm.bytes().take(15)) {
+                *d = b;
+            }
+            let owner = Owner {
+                cgroup_id: o.cgroup_id,
+                comm,
+                pid: o.pid,
+                role: observer_common::event::Role::Server as u8,
+                _pad: [0; 3],
+            };
+            if self.listeners.insert(key, owner, BPF_NOEXIST).is_ok() {
+                added += 1;
+            }
+        }
+        added
     }
 
     /// One scan: series updated, detector events returned.
@@ -637,6 +695,8 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("observer-pool".to_owned())
         .spawn(move || {
+            let listeners = monitor.startup();
+            info!(listeners, "listening sockets found at start-up");
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
                 for ev in monitor.scan() {
                     if tx.blocking_send(ev).is_err() {

@@ -19,7 +19,7 @@ use aya::{
 use observer_common::{
     OFFSETS_GLOBAL,
     event::{CloseWaitEntry, Config, Stat},
-    flow::{FlowKey, FlowStats, Owner, TupleKey},
+    flow::{FlowKey, FlowStats},
     maps,
 };
 use tracing::{info, warn};
@@ -237,22 +237,13 @@ impl Probes {
         take(&mut self.ebpf, maps::CLOSE_WAIT)
     }
 
-    /// Takes the connection counts and the first closers' owners, for the pool monitor.
-    #[expect(
-        clippy::type_complexity,
-        reason = "two map handles, named by their types"
-    )]
-    pub fn take_pool(
-        &mut self,
-    ) -> Result<
-        (
-            HashMap<MapData, FlowKey, FlowStats>,
-            HashMap<MapData, TupleKey, Owner>,
-        ),
-        Error,
-    > {
-        let flows = self.flows.take().ok_or(Error::MissingMap(maps::FLOWS))?;
-        Ok((flows, take(&mut self.ebpf, maps::CLOSERS)?))
+    /// Takes the maps of the pool monitor.
+    pub fn take_pool(&mut self) -> Result<crate::pool::Maps, Error> {
+        Ok(crate::pool::Maps {
+            flows: self.flows.take().ok_or(Error::MissingMap(maps::FLOWS))?,
+            closers: take(&mut self.ebpf, maps::CLOSERS)?,
+            listeners: take(&mut self.ebpf, maps::LISTENERS)?,
+        })
     }
 
     /// Takes the aya-log ring buffer reader, if the object has one.

@@ -7,15 +7,10 @@ use anyhow::Result;
 
 use crate::{setup, status};
 
-/// Debian packages the overhead benchmark drives.
-const PACKAGES: &[(&str, &[&str])] = &[
-    ("wrk", &["sh", "-c", "command -v wrk"]),
-    ("nginx", &["nginx", "-v"]),
-];
-
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
-    crate::test::install_missing(PACKAGES)?;
+    // The overhead benchmark drives wrk and nginx, which the tests install too.
+    crate::test::install_packages()?;
     for bench in ["store", "overhead"] {
         status(Command::new("cargo").args(["bench", "--package", "observer", "--bench", bench]))?;
     }

@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("redis-server", &["redis-server", "--version"]),
     ("iproute2", &["ss", "-V"]),
     ("prometheus", &["promtool", "--version"]),
+    ("wrk", &["sh", "-c", "command -v wrk"]),
+    ("nginx", &["nginx", "-v"]),
 ];
 
 /// checkov (PyPI), in a virtualenv of the project's own: the Kubernetes manifest lint.
@@ -28,14 +30,15 @@ const CHECKOV_VENV: &str = "target/tools/checkov";
 
 pub(crate) fn run() -> Result<()> {
     setup::run()?;
-    test_packages()?;
+    install_packages()?;
     checkov()?;
     status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     clippy::run()?;
     status(Command::new("cargo").args(["test", "--all-targets"]))
 }
 
-fn test_packages() -> Result<()> {
+/// Installs the Debian packages the tests (and the benchmarks) drive, where missing.
+pub(crate) fn install_packages() -> Result<()> {
     install_missing(PACKAGES)
 }
 

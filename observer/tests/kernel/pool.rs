@@ -589,3 +589,42 @@ fn wrk_against_nginx_shows_keep_alive_in_the_series() {
     );
     assert!(churn.iter().all(|e| e["peer_port"] != kept), "{churn:#?}");
 }
+
+#[test]
+fn a_listener_older_than_the_agent_names_its_connections() {
+    if !require_bpf() {
+        return;
+    }
+    let port = 24_011;
+    let ns = Worker::new();
+    // Listening before the agent starts: the programs never see this listen().
+    let listener = ns.run(move || TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
+    let agent = Agent::start(&["--pool-interval", "1s"]);
+    // The monitor lists listeners as it starts, right after the agent is ready.
+    thread::sleep(Duration::from_secs(1));
+    ns.run(move || {
+        // From 127.0.0.2, a client address no other scenario uses.
+        let out = Command::new(PYTHON)
+            .args([
+                "-c",
+                &format!(
+                    "import socket\n\
+                     for _ in range(3):\n\
+                     \x20   socket.create_connection(('127.0.0.1', {port}), source_address=('127.0.0.2', 0)).close()\n"
+                ),
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+    });
+    let comm = own_comm();
+    let labels = [
+        ("comm", comm.as_str()),
+        ("peer", "127.0.0.2"),
+        ("role", "server"),
+    ];
+    wait_metrics(&agent.url, Duration::from_secs(15), "3 accepted connections named", |t| {
+        sample(t, "observer_connections_opened_total", &labels) == Some(3.0)
+    });
+    drop(listener);
+}

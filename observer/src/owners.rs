@@ -1,6 +1,6 @@
 //! Who holds a socket, from its inode: the `/proc/<pid>/fd` links that read `socket:[inode]`.
 //! Only for sockets the programs could not attribute (accepted and never read, or found at
-//! start-up): a walk of `/proc` is far too slow for every socket.
+//! start-up, listeners included): a walk of `/proc` is far too slow for every socket.
 
 use std::{
     collections::{HashMap, HashSet},
