@@ -31,19 +31,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub use crate::sock_diag::Tuple;
 use crate::{
-    owners,
     enrich::Enricher,
     events::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
+    owners, sock_diag as diag,
 };
-
-
-use crate::sock_diag as diag;
-pub use crate::sock_diag::Tuple;
 
 /// How often the map is read for leaks.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);

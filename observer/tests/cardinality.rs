@@ -92,10 +92,15 @@ fn a_full_flows_map_counts_into_other_and_says_so() {
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     };
-    let text = wait_metrics(&agent.url, Duration::from_secs(30), "the overflow counted", |t| {
-        plain(t, "observer_flows_map_full_total")
-            .is_some_and(|full| full >= 1_000.0 && (other(t) - full).abs() < 0.5)
-    });
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(30),
+        "the overflow counted",
+        |t| {
+            plain(t, "observer_flows_map_full_total")
+                .is_some_and(|full| full >= 1_000.0 && (other(t) - full).abs() < 0.5)
+        },
+    );
     eprintln!(
         "{} connections overflowed FLOWS",
         plain(&text, "observer_flows_map_full_total").unwrap()

@@ -127,7 +127,8 @@ fn exported() -> BTreeSet<(String, String)> {
             .into_iter()
             .collect(),
     );
-    m.pool.set_ports(&[(observer::pool::PortLabels::default(), 1, 0.5)]);
+    m.pool
+        .set_ports(&[(observer::pool::PortLabels::default(), 1, 0.5)]);
     m.self_metrics.flows_full.inc();
     observer::metrics::encode_prometheus(&registry)
         .lines()

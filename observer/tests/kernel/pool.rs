@@ -623,8 +623,11 @@ fn a_listener_older_than_the_agent_names_its_connections() {
         ("peer", "127.0.0.2"),
         ("role", "server"),
     ];
-    wait_metrics(&agent.url, Duration::from_secs(15), "3 accepted connections named", |t| {
-        sample(t, "observer_connections_opened_total", &labels) == Some(3.0)
-    });
+    wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "3 accepted connections named",
+        |t| sample(t, "observer_connections_opened_total", &labels) == Some(3.0),
+    );
     drop(listener);
 }
