@@ -112,8 +112,10 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
                 let mut st = fresh(Role::Server);
                 // SAFETY: no preconditions.
                 st.established_ns = unsafe { bpf_ktime_get_ns() };
-                flows::open(ctx, sk, &mut st, Role::Server)?;
+                // Tracked even if counting fails (the failure is counted by the caller).
+                let counted = flows::open(ctx, sk, &mut st, Role::Server);
                 insert(ctx, sk, &st);
+                counted?;
             }
         }
         tcp::LISTEN => flows::listen(sk)?,

@@ -46,17 +46,30 @@ fn every_abort_the_kernel_counts_is_reported_once() {
         kernel_count,
         "events == TcpExtTCPAbortOnClose delta"
     );
-    assert_eq!(evs.len(), rst.len(), "nothing else was reported");
-    let pid = std::process::id();
+    // 2,000 short connections in about a second are also churn, which the pool monitor may
+    // report; nothing else may appear.
     assert!(
-        rst.iter()
-            .all(|e| e["pid"] == pid && e["unread_bytes"] == 14 && e["role"] == "server")
+        evs.iter()
+            .all(|e| e["kind"] == "rst_on_close" || e["kind"] == "connection_churn"),
+        "nothing else was reported: {evs:#?}"
     );
-    let mut ports: Vec<u64> = rst
+    // The closer is this process; or, rarely, a child another test thread has just forked
+    // and not yet exec'd: its close-on-exec drops the last reference, so it is the closer.
+    let pid = std::process::id();
+    let odd: Vec<_> = rst
         .iter()
-        .map(|e| e["peer_port"].as_u64().unwrap())
+        .filter(|e| !(e["unread_bytes"] == 14 && e["role"] == "server"))
         .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    assert_eq!(ports.len(), ABORTS, "one event per connection");
+    assert!(odd.is_empty(), "{odd:#?}");
+    let forked = rst.iter().filter(|e| e["pid"] != pid).count();
+    assert!(
+        forked <= ABORTS / 100,
+        "{forked} events blame another process"
+    );
+    // Ports are reused at once after an abort (no TIME_WAIT), so connections are told apart
+    // by the events' ids: each is reported once.
+    let mut ids: Vec<u64> = rst.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), ABORTS, "one event per connection");
 }
