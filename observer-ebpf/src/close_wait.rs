@@ -24,7 +24,7 @@ use crate::{
 
 /// `ESTABLISHED -> CLOSE_WAIT`: records the entry. (Not inlined: see `sock_state::on_abort`.)
 #[inline(never)]
-pub(crate) fn enter<C: EbpfContext>(ctx: &C, sk: Sock) -> Result<(), i32> {
+pub(crate) fn enter<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Result<(), i32> {
     let ends = sk.endpoints()?;
     let mut e = CloseWaitEntry {
         // SAFETY: no preconditions.
@@ -37,8 +37,8 @@ pub(crate) fn enter<C: EbpfContext>(ctx: &C, sk: Sock) -> Result<(), i32> {
         saddr: ends.saddr,
         daddr: ends.daddr,
         comm: [0; 16],
-        rcv_nxt: sk.read(off!(tcp_rcv_nxt))?,
-        copied_seq: sk.read(off!(tcp_copied_seq))?,
+        rcv_nxt: sk.read_tcp(off!(tcp_rcv_nxt))?,
+        copied_seq: sk.read_tcp(off!(tcp_copied_seq))?,
         netns: ends.netns,
         pid: 0,
         sport: ends.sport,
@@ -69,7 +69,11 @@ pub(crate) fn enter<C: EbpfContext>(ctx: &C, sk: Sock) -> Result<(), i32> {
 /// `CLOSE_WAIT -> LAST_ACK | CLOSE`: forgets the entry, and reports the end of a reported leak
 /// (or of a socket that predates the programs, entry unknown). Not inlined, as `enter`.
 #[inline(never)]
-pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i32> {
+pub(crate) fn leave<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    new: i32,
+) -> Result<(), i32> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = sk.key();
@@ -111,8 +115,8 @@ pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i
         last_read_ns: 0,
     };
     (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
-    let copied: u32 = sk.read(off!(tcp_copied_seq))?;
-    let rcv_nxt: u32 = sk.read(off!(tcp_rcv_nxt))?;
+    let copied: u32 = sk.read_tcp(off!(tcp_copied_seq))?;
+    let rcv_nxt: u32 = sk.read_tcp(off!(tcp_rcv_nxt))?;
     ev.unread_bytes = tcp::unread_bytes(rcv_nxt, copied, true);
     if let Some(e) = entry {
         ev.close_wait_ns = now.saturating_sub(e.entered_ns).max(1);
@@ -135,11 +139,11 @@ pub(crate) fn leave<C: EbpfContext>(ctx: &C, sk: Sock, new: i32) -> Result<(), i
 
 /// The owner read a socket in CLOSE_WAIT: its unread count and last read change.
 #[inline(always)]
-pub(crate) fn on_read(sk: Sock, pid: u32, consumed_at: u64) -> Result<(), i32> {
+pub(crate) fn on_read<const B: bool>(sk: Sock<B>, pid: u32, consumed_at: u64) -> Result<(), i32> {
     let Some(e) = CLOSE_WAIT.get_ptr_mut(sk.key()) else {
         return Ok(());
     };
-    let copied: u32 = sk.read(off!(tcp_copied_seq))?;
+    let copied: u32 = sk.read_tcp(off!(tcp_copied_seq))?;
     // SAFETY: map entry pointer, valid for this program run.
     unsafe {
         (*e).copied_seq = copied;

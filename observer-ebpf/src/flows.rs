@@ -27,10 +27,10 @@ const BPF_NOEXIST: u64 = 1;
 
 /// `CLOSE -> LISTEN`, in `listen()`: the caller owns the listening socket.
 #[inline(always)]
-pub(crate) fn listen(sk: Sock) -> Result<(), i32> {
+pub(crate) fn listen<const B: bool>(sk: Sock<B>) -> Result<(), i32> {
     let key = ListenKey {
         netns: sk.netns()?,
-        port: u16::from_be(sk.read(off!(inet_sport))?),
+        port: u16::from_be(sk.read_tcp(off!(inet_sport))?),
         _pad: 0,
     };
     let (pid, comm, cgroup_id) = current_owner(current_pid());
@@ -49,9 +49,9 @@ pub(crate) fn listen(sk: Sock) -> Result<(), i32> {
 /// `-> ESTABLISHED`: counts the connection as opened under `st`'s owner (a client) or the
 /// listener's (a server, `st` fresh), and marks `st` so its close is counted in the same entry.
 #[inline(always)]
-pub(crate) fn open<C: EbpfContext>(
+pub(crate) fn open<C: EbpfContext, const B: bool>(
     ctx: &C,
-    sk: Sock,
+    sk: Sock<B>,
     st: &mut SockState,
     role: Role,
 ) -> Result<(), i32> {
@@ -66,16 +66,15 @@ pub(crate) fn open<C: EbpfContext>(
         role: role as u8,
     };
     if family == tcp::AF_INET6 {
-        key.peer = sk.read(off!(skc_v6_daddr))?;
+        key.peer = sk.read_addr6(off!(skc_v6_daddr))?;
     } else {
-        let d: [u8; 4] = sk.read(off!(skc_daddr))?;
-        key.peer[..4].copy_from_slice(&d);
+        key.peer[..4].copy_from_slice(&sk.read_addr4(off!(skc_daddr))?);
     }
     let mut pid = st.pid;
     if matches!(role, Role::Server) {
         let listen = ListenKey {
             netns: key.netns,
-            port: u16::from_be(sk.read(off!(inet_sport))?),
+            port: u16::from_be(sk.read_tcp(off!(inet_sport))?),
             _pad: 0,
         };
         // SAFETY: LRU entry, copied out at once.
@@ -105,7 +104,11 @@ pub(crate) fn open<C: EbpfContext>(
 /// who closed first when the socket is handed over to TIME_WAIT (from FIN_WAIT2 or CLOSING).
 /// Not inlined: its keys stay off the callers' stack frames.
 #[inline(never)]
-pub(crate) fn close<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
+pub(crate) fn close<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    old: i32,
+) -> Result<(), i32> {
     // SAFETY: LRU entry, read within this program run.
     let Some(st) = (unsafe { SOCKS.get(sk.key()) }) else {
         return Ok(());

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock,
 };
 use observer_common::{
     event::{RawEvent, SockState},
@@ -12,49 +12,92 @@ use observer_common::{
 
 use crate::off;
 
-/// A kernel object address, usually a `struct sock *` (also a `sock_common`, `inet_sock` and `tcp_sock` for TCP sockets).
+/// A `struct sock *` (also a `sock_common`, `inet_sock` and `tcp_sock` for TCP sockets).
+///
+/// `BTF` says how its fields are read. `true` for BTF tracepoints, whose `sk` argument is a
+/// BTF-typed pointer: plain loads, which the verifier checks against the kernel's types (the
+/// offsets are constants from the read-only `OFFSETS`) and which read 0 instead of faulting;
+/// fields past `struct sock` are loaded from the `tcp_sock` that `bpf_skc_to_tcp_sock` returns.
+/// `false` elsewhere: `bpf_probe_read_kernel`, about 100 ns each on the development VM.
 #[derive(Clone, Copy)]
-pub(crate) struct Sock(pub(crate) *const u8);
+pub(crate) struct Sock<const BTF: bool>(pub(crate) *const u8);
 
-impl Sock {
+/// `bpf_probe_read_kernel` of a `T` at `at`.
+#[inline(always)]
+#[allow(
+    clippy::cast_ptr_alignment,
+    reason = "bpf_probe_read_kernel copies unaligned"
+)]
+fn probe<T>(at: *const u8) -> Result<T, i32> {
+    // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(at.cast::<T>()) }
+}
+
+/// A plain load of a `T` at `at`, from a BTF-typed pointer.
+#[inline(always)]
+#[allow(
+    clippy::cast_ptr_alignment,
+    reason = "kernel fields are aligned; the offsets come from BTF"
+)]
+fn load<T>(at: *const u8) -> T {
+    // SAFETY: only called on BTF-typed pointers plus a field offset from BTF; the verifier
+    // checks the access against the type, and a faulting load reads 0.
+    unsafe { core::ptr::read_volatile(at.cast::<T>()) }
+}
+
+impl<const BTF: bool> Sock<BTF> {
     /// The kernel address, used as the map key.
     #[inline(always)]
     pub(crate) fn key(self) -> u64 {
         self.0 as u64
     }
 
-    /// Reads a `T` at `offset` bytes into the socket.
+    /// Reads a `T` at `offset` bytes into `struct sock` (or its `sock_common`).
     #[inline(always)]
-    #[allow(
-        clippy::cast_ptr_alignment,
-        reason = "bpf_probe_read_kernel copies unaligned"
-    )]
     pub(crate) fn read<T>(self, offset: u32) -> Result<T, i32> {
-        // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
-        unsafe { bpf_probe_read_kernel(self.0.add(offset as usize).cast::<T>()) }
+        // SAFETY: pointer arithmetic only; the read is checked.
+        let at = unsafe { self.0.add(offset as usize) };
+        if BTF { Ok(load(at)) } else { probe(at) }
     }
 
-    /// [`Self::is_tcp`] with direct loads instead of `bpf_probe_read_kernel` (~100 ns each):
-    /// only for BTF tracepoints, whose `sk` argument is a BTF-typed pointer the verifier lets a
-    /// program load `struct sock` fields from (the offsets are constants from `OFFSETS`, and a
-    /// faulting load reads 0 instead of faulting).
+    /// Reads an IPv6 address (16 bytes) at `offset` bytes into `struct sock`, as two 8-byte
+    /// loads: an aggregate volatile load would go through the stack.
     #[inline(always)]
-    #[allow(
-        clippy::cast_ptr_alignment,
-        reason = "kernel fields are aligned; the offsets come from BTF"
-    )]
-    pub(crate) fn is_tcp_btf(self) -> bool {
-        if self.0.is_null() {
-            return false;
+    pub(crate) fn read_addr6(self, offset: u32) -> Result<[u8; 16], i32> {
+        if BTF {
+            let (lo, hi): (u64, u64) = (self.read(offset)?, self.read(offset + 8)?);
+            let mut out = [0; 16];
+            out[..8].copy_from_slice(&lo.to_ne_bytes());
+            out[8..].copy_from_slice(&hi.to_ne_bytes());
+            Ok(out)
+        } else {
+            self.read(offset)
         }
-        // SAFETY: BTF-typed pointer; the verifier checks each load against `struct sock`.
-        let (family, protocol) = unsafe {
-            (
-                core::ptr::read_volatile(self.0.add(off!(skc_family) as usize).cast::<u16>()),
-                core::ptr::read_volatile(self.0.add(off!(sk_protocol) as usize).cast::<u16>()),
-            )
-        };
-        (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
+    }
+
+    /// Reads an IPv4 address (4 bytes) at `offset` bytes into `struct sock`, as one load.
+    #[inline(always)]
+    pub(crate) fn read_addr4(self, offset: u32) -> Result<[u8; 4], i32> {
+        let v: u32 = self.read(offset)?;
+        Ok(v.to_ne_bytes())
+    }
+
+    /// Reads a `T` at `offset` bytes into `struct tcp_sock` (fields past `struct sock`,
+    /// `inet_sock`'s included).
+    #[inline(always)]
+    pub(crate) fn read_tcp<T>(self, offset: u32) -> Result<T, i32> {
+        if BTF {
+            // SAFETY: a BTF `struct sock *`, the helper's argument type; NULL if not TCP.
+            let tp = unsafe { bpf_skc_to_tcp_sock(self.0.cast_mut().cast()) }.cast::<u8>();
+            if tp.is_null() {
+                return Err(-1);
+            }
+            // SAFETY: pointer arithmetic only.
+            Ok(load(unsafe { tp.cast_const().add(offset as usize) }))
+        } else {
+            // SAFETY: pointer arithmetic only; the read is checked.
+            probe(unsafe { self.0.add(offset as usize) })
+        }
     }
 
     /// Whether this is an IPv4 or IPv6 TCP socket; every hook filters on it first.
@@ -81,18 +124,16 @@ impl Sock {
             netns: self.netns()?,
             // At `-> CLOSE` the socket is already unhashed and `skc_num` reads 0: take the
             // local port from `inet_sport`.
-            sport: u16::from_be(self.read(off!(inet_sport))?),
+            sport: u16::from_be(self.read_tcp(off!(inet_sport))?),
             dport: u16::from_be(self.read(off!(skc_dport))?),
             family,
         };
         if family == AF_INET6 {
-            e.saddr = self.read(off!(skc_v6_rcv_saddr))?;
-            e.daddr = self.read(off!(skc_v6_daddr))?;
+            e.saddr = self.read_addr6(off!(skc_v6_rcv_saddr))?;
+            e.daddr = self.read_addr6(off!(skc_v6_daddr))?;
         } else {
-            let s: [u8; 4] = self.read(off!(skc_rcv_saddr))?;
-            let d: [u8; 4] = self.read(off!(skc_daddr))?;
-            e.saddr[..4].copy_from_slice(&s);
-            e.daddr[..4].copy_from_slice(&d);
+            e.saddr[..4].copy_from_slice(&self.read_addr4(off!(skc_rcv_saddr))?);
+            e.daddr[..4].copy_from_slice(&self.read_addr4(off!(skc_daddr))?);
         }
         Ok(e)
     }
@@ -104,25 +145,30 @@ impl Sock {
         if socket.is_null() {
             return Ok(0);
         }
-        Sock(socket).read(off!(socket_inode) + off!(inode_ino))
+        // The inode follows `struct socket` in `struct socket_alloc`: past the BTF type, so
+        // read with the probe helper whatever the program type.
+        // SAFETY: pointer arithmetic only; the read is checked.
+        probe(unsafe { socket.add((off!(socket_inode) + off!(inode_ino)) as usize) })
     }
 
     /// Inode number of the socket's network namespace.
     #[inline(always)]
     pub(crate) fn netns(self) -> Result<u32, i32> {
         let net: *const u8 = self.read(off!(skc_net))?;
-        Sock(net).read(off!(net_inum))
+        // SAFETY: pointer arithmetic only; `net` is a BTF `struct net *` when `BTF`.
+        let at = unsafe { net.add(off!(net_inum) as usize) };
+        if BTF { Ok(load(at)) } else { probe(at) }
     }
 
     /// `tcp_sock.bytes_received` and `tcp_sock.bytes_sent` (or `UNKNOWN_BYTES`).
     #[inline(always)]
     pub(crate) fn byte_counts(self) -> Result<(u64, u64), i32> {
-        let received: u64 = self.read(off!(tcp_bytes_received))?;
+        let received: u64 = self.read_tcp(off!(tcp_bytes_received))?;
         let sent_off = off!(tcp_bytes_sent);
         let sent = if sent_off == ABSENT {
             observer_common::event::UNKNOWN_BYTES
         } else {
-            self.read(sent_off)?
+            self.read_tcp(sent_off)?
         };
         Ok((received, sent))
     }
@@ -162,11 +208,11 @@ pub(crate) fn current_pid() -> u32 {
 /// `java`) and the cgroup v2 id. Call only in process context.
 #[inline(always)]
 pub(crate) fn current_owner(pid: u32) -> (u32, [u8; 16], u64) {
-    // SAFETY: no preconditions; returns the current `task_struct *`.
-    let task = Sock(unsafe { bpf_get_current_task() } as *const u8);
-    let comm = task
-        .read::<*const u8>(off!(task_group_leader))
-        .and_then(|leader| Sock(leader).read(off!(task_comm)))
+    // SAFETY: no preconditions; returns the current `task_struct *` (not BTF-typed).
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: pointer arithmetic only; the reads are checked.
+    let comm = probe::<*const u8>(unsafe { task.add(off!(task_group_leader) as usize) })
+        .and_then(|leader| probe(unsafe { leader.add(off!(task_comm) as usize) }))
         .or_else(|_| bpf_get_current_comm())
         .unwrap_or([0; 16]);
     // SAFETY: no preconditions; returns the cgroup v2 id of the current task.

@@ -29,8 +29,8 @@ use crate::{
 /// BTF tracepoint entry: `(struct sock *sk, int ret, int flags)`.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub(crate) fn recv_btf(ctx: BtfTracePointContext) -> i32 {
-    let sk = Sock(ctx.arg(0));
-    if !sk.is_tcp_btf() {
+    let sk = Sock::<true>(ctx.arg(0));
+    if !matches!(sk.is_tcp(), Ok(true)) {
         return 0;
     }
     track(&ctx, sk, ctx.arg(1), ctx.arg(2))
@@ -39,7 +39,7 @@ pub(crate) fn recv_btf(ctx: BtfTracePointContext) -> i32 {
 /// Raw tracepoint entry, same arguments.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub(crate) fn recv_raw(ctx: RawTracePointContext) -> i32 {
-    run(&ctx, Sock(ctx.arg(0)), ctx.arg(1), ctx.arg(2))
+    run(&ctx, Sock::<false>(ctx.arg(0)), ctx.arg(1), ctx.arg(2))
 }
 
 /// Classic tracepoint entry.
@@ -54,7 +54,7 @@ pub(crate) fn recv_tp(ctx: TracePointContext) -> i32 {
         )
     };
     match fields {
-        (Ok(sk), Ok(ret), Ok(flags)) => run(&ctx, Sock(sk as *const u8), ret, flags),
+        (Ok(sk), Ok(ret), Ok(flags)) => run(&ctx, Sock::<false>(sk as *const u8), ret, flags),
         _ => 0,
     }
 }
@@ -63,13 +63,13 @@ pub(crate) fn recv_tp(ctx: TracePointContext) -> i32 {
 #[kprobe(function = "tcp_recvmsg")]
 pub(crate) fn recv_kprobe(ctx: ProbeContext) -> i32 {
     match ctx.arg::<*const u8>(0) {
-        Some(sk) => run(&ctx, Sock(sk), 1, 0),
+        Some(sk) => run(&ctx, Sock::<false>(sk), 1, 0),
         None => 0,
     }
 }
 
 #[inline(always)]
-fn run<C: EbpfContext>(ctx: &C, sk: Sock, ret: i32, flags: i32) -> i32 {
+fn run<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i32) -> i32 {
     match sk.is_tcp() {
         Ok(true) => track(ctx, sk, ret, flags),
         Ok(false) => 0,
@@ -82,7 +82,7 @@ fn run<C: EbpfContext>(ctx: &C, sk: Sock, ret: i32, flags: i32) -> i32 {
 
 /// Records the read of a TCP socket.
 #[inline(always)]
-fn track<C: EbpfContext>(ctx: &C, sk: Sock, ret: i32, flags: i32) -> i32 {
+fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i32) -> i32 {
     let pid = current_pid();
     // `bpf_ktime_get_ns` is most of this hook's cost (~170 ns of ~460 on the development VM's
     // clock source); the coarse clock is refused in tracing programs. See docs/performance.md.

@@ -46,7 +46,7 @@ pub(crate) fn state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    run(&ctx, Sock(sk), old, new)
+    run(&ctx, Sock::<true>(sk), old, new)
 }
 
 /// Raw tracepoint entry, same arguments.
@@ -55,7 +55,7 @@ pub(crate) fn state_raw(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    run(&ctx, Sock(sk), old, new)
+    run(&ctx, Sock::<false>(sk), old, new)
 }
 
 /// Classic tracepoint entry: fields at the offsets read from the event's tracefs `format`.
@@ -70,7 +70,7 @@ pub(crate) fn state_tp(ctx: TracePointContext) -> i32 {
         )
     };
     if let (Ok(sk), Ok(old), Ok(new)) = fields {
-        run(&ctx, Sock(sk as *const u8), old, new)
+        run(&ctx, Sock::<false>(sk as *const u8), old, new)
     } else {
         emit::count(&ctx, Stat::ReadFailed);
         0
@@ -78,7 +78,7 @@ pub(crate) fn state_tp(ctx: TracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> i32 {
+fn run<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, old: i32, new: i32) -> i32 {
     if try_run(ctx, sk, old, new).is_err() {
         emit::count(ctx, Stat::ReadFailed);
     }
@@ -86,7 +86,12 @@ fn run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> i32 {
 }
 
 #[inline(always)]
-fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), i32> {
+fn try_run<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    old: i32,
+    new: i32,
+) -> Result<(), i32> {
     if !sk.is_tcp()? {
         return Ok(());
     }
@@ -145,7 +150,7 @@ fn try_run<C: EbpfContext>(ctx: &C, sk: Sock, old: i32, new: i32) -> Result<(), 
 /// Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
 /// functions on exclusive branches they never share the 512-byte stack.
 #[inline(never)]
-fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
+fn on_abort<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, old: i32) -> Result<(), i32> {
     if !tcp::abortable(old, false) {
         return Ok(());
     }
@@ -159,8 +164,8 @@ fn on_abort<C: EbpfContext>(ctx: &C, sk: Sock, old: i32) -> Result<(), i32> {
     if err != 0 || flags & (1 << off!(flag_dead)) != 0 || !tcp::abortable(old, sock_done) {
         return Ok(());
     }
-    let rcv_nxt: u32 = sk.read(off!(tcp_rcv_nxt))?;
-    let copied_seq: u32 = sk.read(off!(tcp_copied_seq))?;
+    let rcv_nxt: u32 = sk.read_tcp(off!(tcp_rcv_nxt))?;
+    let copied_seq: u32 = sk.read_tcp(off!(tcp_copied_seq))?;
     let fin = tcp::fin_received(old, sock_done);
     let unread = tcp::unread_bytes(rcv_nxt, copied_seq, fin);
     let kind = if unread > 0 {
@@ -239,7 +244,7 @@ fn fresh(role: Role) -> SockState {
 }
 
 #[inline(always)]
-fn insert<C: EbpfContext>(ctx: &C, sk: Sock, st: &SockState) {
+fn insert<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, st: &SockState) {
     if SOCKS.insert(sk.key(), st, 0).is_err() {
         emit::count(ctx, Stat::SocksFull);
     }
@@ -247,7 +252,12 @@ fn insert<C: EbpfContext>(ctx: &C, sk: Sock, st: &SockState) {
 
 /// Shared with `sock_recv`: a new entry for a socket first seen being read.
 #[inline(always)]
-pub(crate) fn track_reader<C: EbpfContext>(ctx: &C, sk: Sock, pid: u32, read_ns: u64) {
+pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    pid: u32,
+    read_ns: u64,
+) {
     let mut st = fresh(Role::Unknown);
     set_owner(&mut st, pid);
     st.last_read_ns = read_ns;
