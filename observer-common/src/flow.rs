@@ -138,7 +138,7 @@ const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
 /// Both ends of a connection in one namespace (40 bytes): the key userspace rebuilds from a
 /// `sock_diag` answer.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TupleKey {
     /// Local address, network byte order (IPv4 in the first 4 bytes).
     pub saddr: [u8; 16],

@@ -8,6 +8,7 @@
 //! * [`layout`] — everything kernel-specific the programs need, resolved at start-up.
 //! * [`host`] — privileges, kernel release, tracefs.
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
+//! * [`map_read`] — whole eBPF hash maps in batches, and lookup-and-delete.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
 //! * [`sock_diag`] — TCP sockets per network namespace, as `ss` lists them.
@@ -36,6 +37,7 @@ pub mod enrich;
 pub mod events;
 pub mod host;
 pub mod layout;
+pub mod map_read;
 pub mod metrics;
 pub mod output;
 pub mod owners;

@@ -20,9 +20,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
-    mem::MaybeUninit,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, Instant},
@@ -47,6 +45,7 @@ use crate::{
         Event, Figures, Kind, Role,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
+    map_read,
     metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
     owners,
     sock_diag::{self, DiagSocket},
@@ -382,19 +381,17 @@ impl Monitor {
     /// Reads every `FLOWS` entry: counters, histogram and established gauges; deletes idle
     /// entries. Returns each entry's window.
     fn read_flows(&mut self, length: Duration) -> Vec<Seen> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
-        let mut next = HashMap::with_capacity(keys.len());
-        let mut seen = Vec::with_capacity(keys.len());
+        let entries = map_read::dump::<FlowKey, FlowStats>(self.flows.map())
+            .unwrap_or_else(|_| self.flows.iter().filter_map(Result::ok).collect());
+        let mut next = HashMap::with_capacity(entries.len());
+        let mut seen = Vec::with_capacity(entries.len());
         let mut established: BTreeMap<FlowLabels, i64> = BTreeMap::new();
-        for key in keys {
-            let Ok(mut now) = self.flows.get(&key, 0) else {
-                continue;
-            };
+        for (key, mut now) in entries {
             let before = self.last.get(&key).copied().unwrap_or(FlowStats::ZERO);
             let idle = key != FlowKey::OTHER && now == before && now.opened == now.closed;
             let mut deleted = false;
             if idle {
-                match take(&self.flows, &key) {
+                match map_read::take::<FlowKey, FlowStats>(self.flows.map(), &key) {
                     // What the entry held when deleted, counts that landed since the read
                     // included. A connection opened in between and still open is carried.
                     Ok(Some(last)) => {
@@ -469,9 +466,15 @@ impl Monitor {
 
     /// TIME_WAIT sockets by the owner that closed first.
     fn time_wait(&self, listing: &[ports::Netns]) {
+        // The whole table in a few syscalls, rather than one lookup per TIME_WAIT socket.
+        let closers: HashMap<TupleKey, Owner> =
+            map_read::dump::<TupleKey, Owner>(self.closers.map())
+                .unwrap_or_else(|_| self.closers.iter().filter_map(Result::ok).collect())
+                .into_iter()
+                .collect();
         let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
         for s in listing.iter().flat_map(ports::Netns::time_wait) {
-            let owner = self.closers.get(&tuple_key(s), 0).ok();
+            let owner = closers.get(&tuple_key(s));
             let labels = match owner {
                 Some(o) => {
                     let a = self
@@ -635,53 +638,6 @@ fn tuple_key(s: &DiagSocket) -> TupleKey {
         sport: s.tuple.local.port(),
         dport: s.tuple.peer.port(),
     }
-}
-
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps, Linux 5.14): the entry's value as it was
-/// deleted, so nothing added between a read and the deletion is lost. aya exposes it for
-/// queues and stacks only.
-fn take(
-    map: &BpfHashMap<MapData, FlowKey, FlowStats>,
-    key: &FlowKey,
-) -> io::Result<Option<FlowStats>> {
-    /// The `bpf_attr` members of the map element commands.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-    let mut value = MaybeUninit::<FlowStats>::uninit();
-    let attr = Attr {
-        map_fd: u32::try_from(map.map().fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX),
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix of its own size; the kernel writes one
-    // `FlowStats` (the map's value size) into `value`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &raw const attr,
-            size_of::<Attr>(),
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOENT) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: the kernel filled it (success).
-    Ok(Some(unsafe { value.assume_init() }))
 }
 
 /// The monitor's thread: a scan every `every` until `stop` is dropped or signalled; events go

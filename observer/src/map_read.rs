@@ -1,0 +1,142 @@
+//! Reads of whole hash maps in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), and lookup-and-
+//! delete (`BPF_MAP_LOOKUP_AND_DELETE_ELEM` on hash maps, Linux 5.14): aya 0.14 iterates a
+//! map with two syscalls per entry and offers lookup-and-delete for queues and stacks only.
+//! With 50,000 entries that is the difference between 100,000 syscalls a scan and 13.
+
+use std::{
+    io,
+    mem::MaybeUninit,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{Pod, maps::MapData};
+
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per batch.
+const BATCH: usize = 4096;
+
+/// The `bpf_attr` members of the map element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The `bpf_attr` members of the batch commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn fd(map: &MapData) -> u32 {
+    u32::try_from(map.fd().as_fd().as_raw_fd()).unwrap_or(u32::MAX)
+}
+
+/// `bpf(2)` with `attr`.
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of its own size; the kernel writes only
+    // within it and the buffers it points to, sized by the caller.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Every entry of a hash or LRU hash map whose keys are `K` and values `V`. Entries added or
+/// deleted meanwhile may or may not be seen (as with any iteration of a live map).
+///
+/// # Errors
+/// The kernel's answer, `EINVAL` on kernels without batch lookups (before 5.6).
+pub fn dump<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(BATCH);
+    let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(BATCH);
+    // The hash map's batch token is a bucket index.
+    let mut token = [0u64; 1];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd(map),
+            elem_flags: 0,
+            flags: 0,
+        };
+        first = false;
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(BATCH);
+        for i in 0..n {
+            // SAFETY: the kernel filled the first `count` keys and values.
+            out.push(unsafe {
+                (
+                    keys.as_ptr().add(i).read().assume_init(),
+                    values.as_ptr().add(i).read().assume_init(),
+                )
+            });
+        }
+        match res {
+            Ok(()) => {}
+            // The end of the map (the last batch may carry entries).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Deletes `key` and returns its value as it was deleted, so nothing added between an earlier
+/// read and the deletion is lost; `None` when it is absent.
+///
+/// # Errors
+/// The kernel's answer (`EINVAL` on hash maps before 5.14).
+pub fn take<K: Pod, V: Pod>(map: &MapData, key: &K) -> io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::uninit();
+    let mut attr = ElemAttr {
+        map_fd: fd(map),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        // SAFETY: the kernel filled it.
+        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::offset_of;
+
+    use super::*;
+
+    #[test]
+    fn attrs_have_the_kernel_layout() {
+        // include/uapi/linux/bpf.h: the element and batch members of union bpf_attr.
+        assert_eq!(size_of::<ElemAttr>(), 32);
+        assert_eq!(offset_of!(ElemAttr, key), 8);
+        assert_eq!(offset_of!(ElemAttr, flags), 24);
+        assert_eq!(size_of::<BatchAttr>(), 56);
+        assert_eq!(offset_of!(BatchAttr, count), 32);
+        assert_eq!(offset_of!(BatchAttr, map_fd), 36);
+        assert_eq!(offset_of!(BatchAttr, flags), 48);
+    }
+}
