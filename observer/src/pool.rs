@@ -473,7 +473,7 @@ impl Monitor {
                 .into_iter()
                 .collect();
         let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
-        for s in listing.iter().flat_map(ports::Netns::time_wait) {
+        for s in listing.iter().flat_map(|ns| &ns.time_wait) {
             let owner = closers.get(&tuple_key(s));
             let labels = match owner {
                 Some(o) => {

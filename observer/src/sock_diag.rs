@@ -129,12 +129,19 @@ pub fn close_wait_here(netns: u32) -> io::Result<Vec<DiagSocket>> {
 /// TCP sockets of both families in the states of the bit mask `states` (`1 << state`), in the
 /// calling thread's namespace (`netns` is its inode).
 pub fn here(netns: u32, states: u32) -> io::Result<Vec<DiagSocket>> {
-    let mut all = dump(AF_INET, states, netns)?;
-    all.extend(dump(AF_INET6, states, netns)?);
+    let mut all = Vec::new();
+    visit(netns, states, &mut |s| all.push(s))?;
     Ok(all)
 }
 
-fn dump(family: u16, states: u32, netns: u32) -> io::Result<Vec<DiagSocket>> {
+/// Hands each TCP socket of both families in `states` to `f`, as the kernel answers, without
+/// keeping them: a namespace with 100,000 sockets costs one netlink buffer, not a list.
+pub fn visit(netns: u32, states: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<()> {
+    dump(AF_INET, states, netns, f)?;
+    dump(AF_INET6, states, netns, f)
+}
+
+fn dump(family: u16, states: u32, netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<()> {
     // SAFETY: plain socket(2); the fd is owned by `sock` below.
     let fd = unsafe {
         libc::socket(
@@ -154,7 +161,6 @@ fn dump(family: u16, states: u32, netns: u32) -> io::Result<Vec<DiagSocket>> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: receiving into a buffer of the given length.
@@ -162,8 +168,8 @@ fn dump(family: u16, states: u32, netns: u32) -> io::Result<Vec<DiagSocket>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        if parse(&buf[..n as usize], netns, &mut out)? {
-            return Ok(out);
+        if parse(&buf[..n as usize], netns, f)? {
+            return Ok(());
         }
     }
 }
@@ -187,7 +193,7 @@ fn request(family: u16, states: u32) -> Vec<u8> {
 }
 
 /// Parses one datagram of replies into `out`; true once the dump is complete.
-fn parse(mut b: &[u8], netns: u32, out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+fn parse(mut b: &[u8], netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<bool> {
     let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     while b.len() >= NLMSG_HDR {
         let len = u32_at(b, 0) as usize;
@@ -209,7 +215,7 @@ fn parse(mut b: &[u8], netns: u32, out: &mut Vec<DiagSocket>) -> io::Result<bool
                 return Err(io::Error::from_raw_os_error(-errno));
             }
             SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDR + DIAG_MSG => {
-                out.push(diag_msg(&b[NLMSG_HDR..NLMSG_HDR + DIAG_MSG], netns));
+                f(diag_msg(&b[NLMSG_HDR..NLMSG_HDR + DIAG_MSG], netns));
             }
             _ => {}
         }
@@ -280,7 +286,7 @@ mod tests {
         done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
         msg.extend_from_slice(&done);
         let mut out = Vec::new();
-        assert!(parse(&msg, 7, &mut out).unwrap());
+        assert!(parse(&msg, 7, &mut |s| out.push(s)).unwrap());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].tuple.local, "127.0.0.1:6379".parse().unwrap());
         assert_eq!(out[0].tuple.peer, "10.0.0.2:40000".parse().unwrap());
@@ -296,10 +302,10 @@ mod tests {
         err[..4].copy_from_slice(&((NLMSG_HDR + 4) as u32).to_ne_bytes());
         err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
-        let e = parse(&err, 0, &mut Vec::new()).unwrap_err();
+        let e = parse(&err, 0, &mut |_| {}).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
         let mut bad = vec![0u8; NLMSG_HDR];
         bad[..4].copy_from_slice(&999u32.to_ne_bytes());
-        assert!(parse(&bad, 0, &mut Vec::new()).is_err());
+        assert!(parse(&bad, 0, &mut |_| {}).is_err());
     }
 }

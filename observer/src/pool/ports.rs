@@ -14,29 +14,34 @@ use crate::sock_diag::{self, DiagSocket};
 /// Every TCP state bit but LISTEN (`1 << state` for states 1 to 11).
 const NOT_LISTENING: u32 = 0xffe & !(1 << LISTEN);
 
-/// One namespace's sockets (listeners excepted) and ephemeral range.
+/// What one namespace's sockets (listeners excepted) say about TIME_WAIT and ephemeral ports.
 #[derive(Debug, Clone)]
 pub struct Netns {
     /// Inode of the namespace.
     pub netns: u32,
     /// `ip_local_port_range`, inclusive; `None` if it could not be read.
     pub range: Option<(u16, u16)>,
-    /// Its TCP sockets in every state but LISTEN.
-    pub sockets: Vec<DiagSocket>,
+    /// Its TIME_WAIT sockets (sub-state TIME_WAIT, as `ss state time-wait` shows them).
+    pub time_wait: Vec<DiagSocket>,
+    /// Local ports of the range in use per (source address, destination).
+    pub in_use: BTreeMap<(IpAddr, SocketAddr), u64>,
 }
 
-/// Lists the calling thread's namespace (`netns` is its inode).
+/// Lists the calling thread's namespace (`netns` is its inode), keeping only TIME_WAIT
+/// sockets and per-destination counts.
 pub fn here(netns: u32) -> io::Result<Netns> {
-    let sockets = sock_diag::here(netns, NOT_LISTENING)?;
     // Network sysctls answer for the namespace of the task that opens them: this thread's.
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| parse_range(&s));
-    Ok(Netns {
+    let mut ns = Netns {
         netns,
         range,
-        sockets,
-    })
+        time_wait: Vec::new(),
+        in_use: BTreeMap::new(),
+    };
+    sock_diag::visit(netns, NOT_LISTENING, &mut |s| ns.add(s))?;
+    Ok(ns)
 }
 
 /// `"32768\t60999\n"` -> `(32768, 60999)`.
@@ -47,11 +52,19 @@ pub fn parse_range(s: &str) -> Option<(u16, u16)> {
 }
 
 impl Netns {
-    /// Its TIME_WAIT sockets (sub-state TIME_WAIT, as `ss state time-wait` shows them).
-    pub fn time_wait(&self) -> impl Iterator<Item = &DiagSocket> {
-        self.sockets
-            .iter()
-            .filter(|s| i32::from(s.state) == TIME_WAIT)
+    /// Counts one socket.
+    pub fn add(&mut self, s: DiagSocket) {
+        if let Some((lo, hi)) = self.range
+            && (lo..=hi).contains(&s.tuple.local.port())
+        {
+            *self
+                .in_use
+                .entry((s.tuple.local.ip(), s.tuple.peer))
+                .or_default() += 1;
+        }
+        if i32::from(s.state) == TIME_WAIT {
+            self.time_wait.push(s);
+        }
     }
 
     /// Local ports of the ephemeral range in use, per (source address, destination), and the
@@ -61,15 +74,9 @@ impl Netns {
         let Some((lo, hi)) = self.range else {
             return Vec::new();
         };
-        let mut by: BTreeMap<(IpAddr, SocketAddr), u64> = BTreeMap::new();
-        for s in &self.sockets {
-            let port = s.tuple.local.port();
-            if (lo..=hi).contains(&port) {
-                *by.entry((s.tuple.local.ip(), s.tuple.peer)).or_default() += 1;
-            }
-        }
-        by.into_iter()
-            .map(|((source, peer), in_use)| PortUse {
+        self.in_use
+            .iter()
+            .map(|(&(source, peer), &in_use)| PortUse {
                 netns: self.netns,
                 source,
                 peer,
@@ -128,22 +135,26 @@ mod tests {
             inode: 0,
             rqueue: 0,
         };
-        let ns = Netns {
+        let mut ns = Netns {
             netns: 9,
             range: Some((40000, 40099)),
-            sockets: vec![
-                sock("10.0.0.1:40000", "10.0.0.9:80", 1),
-                sock("10.0.0.1:40001", "10.0.0.9:80", TIME_WAIT),
-                sock("10.0.0.1:40001", "10.0.0.9:443", 1),
-                // A server's accepted socket: its port is the listener's, not ephemeral.
-                sock("10.0.0.1:8080", "10.0.0.7:40005", 1),
-            ],
+            time_wait: Vec::new(),
+            in_use: BTreeMap::new(),
         };
+        for s in [
+            sock("10.0.0.1:40000", "10.0.0.9:80", 1),
+            sock("10.0.0.1:40001", "10.0.0.9:80", TIME_WAIT),
+            sock("10.0.0.1:40001", "10.0.0.9:443", 1),
+            // A server's accepted socket: its port is the listener's, not ephemeral.
+            sock("10.0.0.1:8080", "10.0.0.7:40005", 1),
+        ] {
+            ns.add(s);
+        }
         let uses = ns.port_use();
         assert_eq!(uses.len(), 2);
         assert_eq!(uses[0].peer, "10.0.0.9:80".parse().unwrap());
         assert_eq!((uses[0].in_use, uses[0].range), (2, 100));
         assert!((uses[0].ratio() - 0.02).abs() < 1e-9);
-        assert_eq!(ns.time_wait().count(), 1);
+        assert_eq!(ns.time_wait.len(), 1);
     }
 }
