@@ -271,6 +271,7 @@ impl Pipeline {
 #[derive(Default)]
 struct Drops {
     kernel: Deltas,
+    misses: Deltas,
 }
 
 impl Drops {
@@ -302,6 +303,21 @@ impl Drops {
                 counter = probes::stat_name(*stat),
                 total, "kernel-side drops or errors"
             );
+        }
+        let misses = probes.recursion_misses();
+        let totals: Vec<u64> = misses.iter().map(|(_, n)| *n).collect();
+        for ((program, total), d) in misses.iter().zip(self.misses.since_last(&totals)) {
+            if d > 0 {
+                m.program_misses
+                    .get_or_create(&metrics::ProgramLabels {
+                        program: (*program).to_owned(),
+                    })
+                    .inc_by(d);
+                warn!(
+                    program,
+                    total, "the kernel skipped runs of a program (recursion)"
+                );
+            }
         }
         let user = [
             ("channel_full", counters.channel_full.load(Relaxed)),

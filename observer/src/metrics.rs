@@ -169,6 +169,15 @@ pub struct SelfMetrics {
     pub ringbuf_used: Gauge,
     /// Connections counted under the catch-all `FLOWS` entry because the map was full.
     pub flows_full: Counter,
+    /// Runs of each program the kernel skipped (already running on that CPU).
+    pub program_misses: Family<ProgramLabels, Counter>,
+}
+
+/// An eBPF program.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    /// Its name in the object (`state_btf`, ...).
+    pub program: String,
 }
 
 /// A map's name.
@@ -194,6 +203,7 @@ impl SelfMetrics {
             map_capacity: Family::default(),
             ringbuf_used: Gauge::default(),
             flows_full: Counter::default(),
+            program_misses: Family::default(),
         };
         registry.register(
             "events_lost",
@@ -227,6 +237,11 @@ impl SelfMetrics {
             m.flows_full.clone(),
         );
         registry.register(
+            "program_recursion_misses",
+            "Runs of an eBPF program the kernel skipped because it was already running on that CPU (a state change or read observer did not see)",
+            m.program_misses.clone(),
+        );
+        registry.register(
             "map_capacity",
             "Maximum entries of an eBPF map",
             m.map_capacity.clone(),
@@ -255,8 +270,13 @@ impl SelfMetrics {
         m
     }
 
-    /// Records the attach plan.
+    /// Records the attach plan (and starts each attached program's skipped runs at 0).
     pub fn plan(&self, plan: &[PlanEntry]) {
+        for (_, _, program) in plan.iter().filter_map(|p| p.chosen) {
+            let _ = self.program_misses.get_or_create(&ProgramLabels {
+                program: program.to_owned(),
+            });
+        }
         for p in plan {
             let (hook, ty) = p
                 .chosen

@@ -10,7 +10,7 @@
 //! Optional hooks are attached first, then `FLAGS` is written, then the required hook: so the
 //! programs never run with switches that do not match the plan.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, os::fd::AsFd as _, str::FromStr};
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
@@ -272,6 +272,20 @@ impl Probes {
         peak
     }
 
+    /// For each attached program, the times the kernel skipped it because it was already
+    /// running on that CPU (`bpf_prog_info.recursion_misses`, Linux 5.12): a state change or a
+    /// read it did not see. Programs whose info cannot be read are left out.
+    pub fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
+        self.plan
+            .iter()
+            .filter_map(|p| p.chosen)
+            .filter_map(|(_, _, program)| {
+                let fd = self.ebpf.program(program)?.fd().ok()?;
+                Some((program, prog_recursion_misses(fd.as_fd()).ok()?))
+            })
+            .collect()
+    }
+
     /// The kernel-side counters summed over CPUs, in `Stat::ALL` order.
     pub fn stats(&self) -> [(Stat, u64); Stat::COUNT as usize] {
         Stat::ALL.map(|s| {
@@ -312,4 +326,45 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::CloseWaitFull => "close_wait_map_full",
         Stat::FlowsFull => "flows_map_full",
     }
+}
+
+/// `recursion_misses` of a program (`BPF_OBJ_GET_INFO_BY_FD`; aya 0.14 does not expose it).
+fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// The `bpf_attr` members of `BPF_OBJ_GET_INFO_BY_FD`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `struct bpf_prog_info` up to `recursion_misses` (offset 208) and its neighbours.
+    const INFO_LEN: usize = 232;
+    const RECURSION_MISSES: usize = 208;
+    let mut info = [0u8; INFO_LEN];
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+        info_len: INFO_LEN as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix; the kernel writes at most `info_len` bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (attr.info_len as usize) < RECURSION_MISSES + 8 {
+        // An older kernel without the field.
+        return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&info[RECURSION_MISSES..RECURSION_MISSES + 8]);
+    Ok(u64::from_ne_bytes(b))
 }

@@ -642,11 +642,21 @@ fn a_listener_older_than_the_agent_names_its_connections() {
         ("peer", "127.0.0.2"),
         ("role", "server"),
     ];
-    wait_metrics(
+    let text = wait_metrics(
         &agent.url,
         Duration::from_secs(15),
         "3 accepted connections named",
         |t| sample(t, "observer_connections_opened_total", &labels) == Some(3.0),
+    );
+    // What the kernel skipped is exported per program (read from bpf_prog_info).
+    assert!(
+        sample(
+            &text,
+            "observer_program_recursion_misses_total",
+            &[("program", "state_btf")]
+        )
+        .is_some(),
+        "{text}"
     );
     drop(listener);
 }
