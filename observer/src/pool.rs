@@ -11,7 +11,8 @@
 //!   is returned with the entry, never lost);
 //! * lists every namespace's sockets with `sock_diag`: TIME_WAIT sockets, named by the owner
 //!   the programs recorded when the socket closed first (`CLOSERS`), and local ports in use per
-//!   (source address, destination) against the namespace's `ip_local_port_range`;
+//!   (source address, destination) against the namespace's `ip_local_port_range` — at most
+//!   once per scan and at most 5% of the time (the kernel walks every socket per namespace);
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
 //!
 //! At start-up it records the owners of listening sockets that predate the programs, so the
@@ -50,6 +51,9 @@ use crate::{
     owners,
     sock_diag::{self, DiagSocket},
 };
+
+/// Sockets are listed at most once per scan, and at most 1/`LISTING_SHARE` of the time.
+const LISTING_SHARE: u32 = 20;
 
 /// `BPF_NOEXIST`: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -130,6 +134,8 @@ pub struct Metrics {
     ports_in_use: Family<PortLabels, Gauge>,
     ports_ratio: Family<PortLabels, Gauge<f64, AtomicU64>>,
     flows_entries: Gauge,
+    /// How long the last listing of every namespace's sockets took.
+    pub listing_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -152,6 +158,7 @@ impl Metrics {
             ports_in_use: Family::default(),
             ports_ratio: Family::default(),
             flows_entries: self_metrics.map_entries.get_or_create_owned(&map),
+            listing_seconds: Gauge::default(),
         };
         registry.register(
             "connections_opened",
@@ -183,6 +190,12 @@ impl Metrics {
             "ephemeral_ports_in_use",
             "Local ports of ip_local_port_range in use from one source address to one destination (the busiest pairs; the rest in source=\"other\")",
             m.ports_in_use.clone(),
+        );
+        registry.register_with_unit(
+            "socket_listing_duration",
+            "How long the last sock_diag listing of every namespace's sockets took (TIME_WAIT and ephemeral ports are refreshed at most every 20 times this)",
+            Unit::Seconds,
+            m.listing_seconds.clone(),
         );
         registry.register(
             "ephemeral_ports_ratio",
@@ -256,6 +269,9 @@ pub struct Monitor {
     /// Connections still open whose entry was deleted in a race (see [`Monitor::read_flows`]).
     carry: HashMap<FlowKey, i64>,
     last_scan: Instant,
+    /// When sockets were last listed, and when they may be listed again.
+    last_listing: Instant,
+    next_listing: Instant,
     thresholds: Thresholds,
     flow_cooldown: Cooldown<FlowKey>,
     port_cooldown: Cooldown<(u32, IpAddr, SocketAddr)>,
@@ -290,6 +306,8 @@ impl Monitor {
             last: HashMap::new(),
             carry: HashMap::new(),
             last_scan: Instant::now(),
+            last_listing: Instant::now(),
+            next_listing: Instant::now(),
             thresholds,
             flow_cooldown: Cooldown::new(cooldown),
             port_cooldown: Cooldown::new(cooldown),
@@ -368,13 +386,23 @@ impl Monitor {
                 }
             }
         }
-        let namespaces = sock_diag::namespaces();
-        let listing: Vec<ports::Netns> = sock_diag::in_each(&namespaces, ports::here)
-            .into_iter()
-            .map(|(_, ns)| ns)
-            .collect();
-        self.time_wait(&listing);
-        events.extend(self.ports(&listing, &seen, length, now));
+        if now >= self.next_listing {
+            let started = Instant::now();
+            let namespaces = sock_diag::namespaces();
+            let listing: Vec<ports::Netns> = sock_diag::in_each(&namespaces, ports::here)
+                .into_iter()
+                .map(|(_, ns)| ns)
+                .collect();
+            self.time_wait(&listing);
+            let since = now.duration_since(self.last_listing);
+            events.extend(self.ports(&listing, &seen, since, now));
+            let took = started.elapsed();
+            self.metrics.listing_seconds.set(took.as_secs_f64());
+            // Listing costs the kernel a walk of every socket per namespace: on a node with
+            // many of both, wait long enough that it takes at most 1/LISTING_SHARE of a core.
+            self.last_listing = now;
+            self.next_listing = started + took * LISTING_SHARE;
+        }
         events
     }
 

@@ -156,7 +156,12 @@ fn echo_server(port: u16) {
 
 /// A server on `port` that accepts and holds every connection.
 fn holding_server(port: u16) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    holding_server_on(Ipv4Addr::LOCALHOST.into(), port);
+}
+
+/// A server on `ip`:`port` that accepts and holds every connection.
+fn holding_server_on(ip: std::net::IpAddr, port: u16) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
     thread::spawn(move || {
         let mut held = Vec::new();
         for conn in listener.incoming() {
@@ -659,4 +664,42 @@ fn a_listener_older_than_the_agent_names_its_connections() {
         "{text}"
     );
     drop(listener);
+}
+
+#[test]
+fn ipv6_connections_are_counted_like_ipv4() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s"]);
+    let port = 24_012;
+    let ns = Worker::new();
+    let held = ns.run(move || {
+        holding_server_on(std::net::Ipv6Addr::LOCALHOST.into(), port);
+        (0..20)
+            .map(|_| TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port)).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let comm = own_comm();
+    let client = [
+        ("comm", comm.as_str()),
+        ("peer", "[::1]:24012"),
+        ("role", "client"),
+    ];
+    let server = [("comm", comm.as_str()), ("peer", "::1"), ("role", "server")];
+    wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "20 IPv6 connections",
+        |t| {
+            sample(t, "observer_connections_established", &client) == Some(20.0)
+                && sample(t, "observer_connections_established", &server) == Some(20.0)
+        },
+    );
+    drop(held);
+    wait_metrics(&agent.url, Duration::from_secs(15), "20 IPv6 closes", |t| {
+        sample(t, "observer_connections_closed_total", &client) == Some(20.0)
+            // 0, or gone once the idle entry is deleted.
+            && sample(t, "observer_connections_established", &client).unwrap_or(0.0) == 0.0
+    });
 }
