@@ -128,6 +128,21 @@ impl Agent {
             .sum::<f64>() as u64
     }
 
+    /// After `settle`: RSS and peak RSS (KiB), kernel map memory (bytes), and the agent's CPU
+    /// (% of one core) over the next 5 s.
+    fn settled(&self, settle: Duration) -> (u64, u64, u64, f64) {
+        thread::sleep(settle);
+        let (c0, t0) = (self.cpu_seconds(), Instant::now());
+        thread::sleep(Duration::from_secs(5));
+        let idle_cpu = (self.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        (
+            self.status_kib("VmRSS:"),
+            self.status_kib("VmHWM:"),
+            self.map_bytes(),
+            idle_cpu,
+        )
+    }
+
     fn stop(self) {
         drop(self);
     }
@@ -383,6 +398,63 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> f64) -> Ro
     }
 }
 
+/// `n` established loopback connections (both ends open, `2n` tracked sockets): the agent's
+/// RSS and map memory, its CPU while idle, and the connections it counts as established.
+/// Both ends are held by Python processes, `per` connections each (the file limit here is
+/// 20,000 per process), one listening port per pair (ports are unique per destination).
+fn established_scale(n: usize) -> (u64, u64, u64, f64, u64, usize) {
+    const PER: usize = 16_667;
+    let agent = Agent::start();
+    let groups = n.div_ceil(PER);
+    let procs = in_netns(move || {
+        let mut procs = Vec::new();
+        for g in 0..groups {
+            let port = 20_000 + g;
+            let server = format!(
+                "import resource, socket, sys\nresource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))\nl = socket.socket(); l.bind(('127.0.0.1', {port})); l.listen(4096)\nprint('listening', flush=True)\nheld = [l.accept()[0] for _ in range({PER})]\nprint('ok', flush=True)\nsys.stdin.read()\n"
+            );
+            let client = format!(
+                "import resource, socket, sys\nresource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))\nheld = [socket.create_connection(('127.0.0.1', {port})) for _ in range({PER})]\nprint('ok', flush=True)\nsys.stdin.read()\n"
+            );
+            let mut s = python(&server);
+            let mut line = [0u8; 10];
+            s.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+            procs.push(s);
+            procs.push(python(&client));
+        }
+        procs
+    });
+    let mut procs = procs;
+    wait_ok(&mut procs);
+    // Two pool scans to count them.
+    let (rss, peak, maps, idle_cpu) = agent.settled(Duration::from_secs(11));
+    let established = agent.metric_sum("observer_connections_established");
+    for mut p in procs {
+        drop(p.stdin.take());
+        let _ = p.wait();
+    }
+    agent.stop();
+    (rss, peak, maps, idle_cpu, established, 2 * groups * PER)
+}
+
+/// Waits for each process to print `ok`.
+fn wait_ok(procs: &mut [Child]) {
+    for p in procs {
+        let mut ok = [0u8; 3];
+        p.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
+    }
+}
+
+/// `python3 -c script` with piped stdin and stdout.
+fn python(script: &str) -> Child {
+    Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `n` sockets in CLOSE_WAIT: the agent's RSS and map memory, and its CPU while idle. The
 /// client ends are held by three Python processes (one process may hold only so many files),
 /// the server ends are accepted and closed here.
@@ -412,24 +484,13 @@ fn close_wait_scale(n: usize) -> (u64, u64, u64, f64) {
         holders
     });
     let mut holders = holders;
-    for h in &mut holders {
-        let mut ok = [0u8; 3];
-        h.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
-    }
-    // Two scans to settle, then idle CPU over 5 s.
-    thread::sleep(Duration::from_secs(3));
-    let (c0, t0) = (agent.cpu_seconds(), Instant::now());
-    thread::sleep(Duration::from_secs(5));
-    let idle_cpu = (agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    wait_ok(&mut holders);
+    // Two scans to settle.
+    let (rss, peak, maps, idle_cpu) = agent.settled(Duration::from_secs(3));
     let tracked = agent.metric_sum("observer_close_wait_sockets");
     println!(
         "close_wait: {tracked} of {} sockets tracked",
         n / HOLDERS * HOLDERS
-    );
-    let (rss, peak, maps) = (
-        agent.status_kib("VmRSS:"),
-        agent.status_kib("VmHWM:"),
-        agent.map_bytes(),
     );
     for mut h in holders {
         drop(h.stdin.take());
@@ -489,6 +550,7 @@ fn main() {
         agent.stop();
     }
     let (rss, peak, maps, idle) = close_wait_scale(50_000);
+    let (e_rss, e_peak, e_maps, e_idle, e_counted, e_ends) = established_scale(100_000);
 
     let mut t = String::new();
     let json: Vec<serde_json::Value> = rows
@@ -515,6 +577,13 @@ fn main() {
         peak as f64 / 1024.0,
         maps as f64 / 1_048_576.0
     );
+    let _ = writeln!(
+        t,
+        "100,000 established connections ({e_counted} ends counted of {e_ends}): agent RSS {:.1} MiB (peak {:.1} MiB), kernel map memory {:.1} MiB, idle agent CPU {e_idle:.1}% of one core",
+        e_rss as f64 / 1024.0,
+        e_peak as f64 / 1024.0,
+        e_maps as f64 / 1_048_576.0
+    );
     print!("{t}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -523,6 +592,7 @@ fn main() {
         "agent_cpu_percent_at_10k_connections_per_second": cpu_at_10k,
         "rst_on_close": rst.iter().map(|(rate, rep, lost, _)| serde_json::json!({"per_second": rate, "reported": rep, "lost": lost})).collect::<Vec<_>>(),
         "close_wait_50k": {"rss_kib": rss, "peak_rss_kib": peak, "map_bytes": maps, "idle_cpu_percent": idle},
+        "established_100k": {"rss_kib": e_rss, "peak_rss_kib": e_peak, "map_bytes": e_maps, "idle_cpu_percent": e_idle, "ends_counted": e_counted},
     });
     std::fs::write(
         out.join("overhead.json"),
