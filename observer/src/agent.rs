@@ -65,9 +65,9 @@ pub fn register_metrics(
 ) -> Registered {
     let self_metrics = SelfMetrics::register(registry);
     let peers = Arc::new(Peers::register(registry, peer_label_limit));
-    let events = output::Metrics::register(registry);
+    let events = output::Metrics::register(registry, &peers);
     let close_wait = close_wait::Metrics::register(registry, &self_metrics);
-    let pool = pool::Metrics::register(registry, &self_metrics);
+    let pool = pool::Metrics::register(registry, &self_metrics, &peers);
     Registered {
         self_metrics,
         peers,

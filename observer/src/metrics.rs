@@ -4,17 +4,18 @@
 //!
 //! Cardinality is bounded by construction: workload labels come from the owner (namespace,
 //! pod, container, comm; empty where unknown), the peer label is `ip:port` for at most
-//! [`Peers`]' limit of distinct peers and `other` beyond it (the folded count is itself a
-//! metric), and ephemeral ports never become labels: a server's peers are labelled by address
-//! only.
+//! [`Peers`]' limit of active peers and `other` beyond it (the folded count is itself a
+//! metric; counter series of a peer whose name is reused are removed, [`PeerSeries`]), and
+//! ephemeral ports never become labels: a server's peers are labelled by address only.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -51,12 +52,28 @@ pub struct WorkloadPeer {
     pub peer: String,
 }
 
-/// The peer label, bounded: the first `limit` distinct peers are named, later ones fold into
-/// `other` (counted in `observer_peer_labels_folded_total`).
+/// How long a named peer must go unused before its name may go to a new peer.
+pub const PEER_IDLE: Duration = Duration::from_mins(10);
+
+/// A callback told each peer name that stops being named.
+type Forget = Box<dyn Fn(&str) + Send + Sync>;
+
+/// The peer label, bounded: at most `limit` peers are named at a time. A new peer takes a free
+/// name, or the name of the peer unused longest if that one has been idle for [`PEER_IDLE`]
+/// (whose counter series are then removed, see [`PeerSeries`]); otherwise it folds into
+/// `other` (counted in `observer_peer_labels_folded_total`). So the named peers follow the
+/// active ones instead of being the first ever seen.
 pub struct Peers {
     limit: usize,
-    named: Mutex<HashSet<String>>,
+    state: Mutex<PeerState>,
     folded: Counter,
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// Named peers and when each was last labelled.
+    named: HashMap<String, Instant>,
+    forget: Vec<Forget>,
 }
 
 impl Peers {
@@ -65,12 +82,12 @@ impl Peers {
         let folded = Counter::default();
         registry.register(
             "peer_labels_folded",
-            "Series updates whose peer was folded into peer=\"other\" (more distinct peers than --peer-label-limit)",
+            "Series updates whose peer was folded into peer=\"other\" (more active peers than --peer-label-limit)",
             folded.clone(),
         );
         Self {
             limit,
-            named: Mutex::new(HashSet::new()),
+            state: Mutex::new(PeerState::default()),
             folded,
         }
     }
@@ -85,8 +102,24 @@ impl Peers {
         self.folded.inc_by(n);
     }
 
+    /// Calls `f` with each peer name that stops being named.
+    pub fn on_forget(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        self.lock().forget.push(Box::new(f));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The peer label for a connection to `peer` in `role`.
     pub fn label(&self, role: Role, peer: SocketAddr) -> String {
+        self.label_at(role, peer, Instant::now())
+    }
+
+    /// [`Self::label`] at `now`.
+    pub fn label_at(&self, role: Role, peer: SocketAddr, now: Instant) -> String {
         let name = match role {
             // A client's peer is a service (ip:port); a server's peers are clients whose ports
             // are ephemeral.
@@ -94,19 +127,29 @@ impl Peers {
             Role::Server | Role::Unknown => peer.ip().to_string(),
         };
         // Short critical section, never held across an await.
-        let mut named = self
-            .named
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if named.contains(&name) {
+        let mut state = self.lock();
+        if let Some(last) = state.named.get_mut(&name) {
+            *last = now;
             return name;
         }
-        if named.len() < self.limit {
-            named.insert(name.clone());
-            return name;
+        if state.named.len() >= self.limit {
+            let oldest = state
+                .named
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .filter(|(_, t)| now.saturating_duration_since(**t) >= PEER_IDLE)
+                .map(|(n, _)| n.clone());
+            let Some(oldest) = oldest else {
+                self.folded.inc();
+                return "other".to_owned();
+            };
+            state.named.remove(&oldest);
+            for f in &state.forget {
+                f(&oldest);
+            }
         }
-        self.folded.inc();
-        "other".to_owned()
+        state.named.insert(name.clone(), now);
+        name
     }
 
     /// The labels of an event's owner and peer.
@@ -118,6 +161,80 @@ impl Peers {
             comm: e.comm.clone(),
             peer: self.label(e.role, SocketAddr::new(e.peer_addr, e.peer_port)),
         }
+    }
+}
+
+/// A label set with a peer label.
+pub trait HasPeer {
+    /// The `peer` label.
+    fn peer(&self) -> &str;
+}
+
+impl HasPeer for WorkloadPeer {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+}
+
+/// A family of counter-like series (they are never rebuilt) whose label sets are remembered
+/// by peer, so that the series of a peer [`Peers`] stops naming are removed with it and the
+/// exposition stays bounded.
+pub struct PeerSeries<L, M> {
+    family: Family<L, M>,
+    by_peer: Arc<Mutex<HashMap<String, HashSet<L>>>>,
+}
+
+impl<L, M> Clone for PeerSeries<L, M> {
+    fn clone(&self) -> Self {
+        Self {
+            family: self.family.clone(),
+            by_peer: self.by_peer.clone(),
+        }
+    }
+}
+
+impl<L, M> PeerSeries<L, M>
+where
+    L: Clone + std::hash::Hash + Eq + HasPeer + Send + Sync + 'static,
+    M: Default + Send + Sync + 'static,
+{
+    /// A family whose series follow `peers`' names.
+    pub fn new(peers: &Peers) -> Self {
+        let s = Self {
+            family: Family::default(),
+            by_peer: Arc::default(),
+        };
+        let (family, by_peer) = (s.family.clone(), s.by_peer.clone());
+        peers.on_forget(move |peer| {
+            let gone = by_peer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(peer);
+            for labels in gone.into_iter().flatten() {
+                family.remove(&labels);
+            }
+        });
+        s
+    }
+
+    /// The family, to register.
+    pub fn family(&self) -> Family<L, M> {
+        self.family.clone()
+    }
+
+    /// Calls `f` with the series of `labels`, created if absent.
+    pub fn with(&self, labels: &L, f: impl FnOnce(&M)) {
+        {
+            let mut by_peer = self
+                .by_peer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let set = by_peer.entry(labels.peer().to_owned()).or_default();
+            if !set.contains(labels) {
+                set.insert(labels.clone());
+            }
+        }
+        f(&self.family.get_or_create(labels));
     }
 }
 

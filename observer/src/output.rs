@@ -10,16 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use tokio::sync::mpsc;
 
 use crate::{
     enrich::Enricher,
     events::{Event, Kind},
-    metrics::{Peers, SelfMetrics, Totals, WorkloadPeer},
+    metrics::{PeerSeries, Peers, SelfMetrics, Totals, WorkloadPeer},
     store::Store,
 };
 
@@ -35,34 +32,34 @@ pub enum LogEvents {
 /// Detector counters, one family per event kind, by workload and peer.
 #[derive(Clone)]
 pub struct Metrics {
-    rst_on_close: Family<WorkloadPeer, Counter>,
-    linger_abort: Family<WorkloadPeer, Counter>,
-    close_wait_leaks: Family<WorkloadPeer, Counter>,
+    rst_on_close: PeerSeries<WorkloadPeer, Counter>,
+    linger_abort: PeerSeries<WorkloadPeer, Counter>,
+    close_wait_leaks: PeerSeries<WorkloadPeer, Counter>,
 }
 
 impl Metrics {
     /// Registers `observer_rst_on_close_total`, `observer_linger_abort_total` and
     /// `observer_close_wait_leaks_total`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry, peers: &Peers) -> Self {
         let m = Self {
-            rst_on_close: Family::default(),
-            linger_abort: Family::default(),
-            close_wait_leaks: Family::default(),
+            rst_on_close: PeerSeries::new(peers),
+            linger_abort: PeerSeries::new(peers),
+            close_wait_leaks: PeerSeries::new(peers),
         };
         registry.register(
             "rst_on_close",
             "Sockets closed by their owner with unread bytes, so the kernel sent RST instead of FIN",
-            m.rst_on_close.clone(),
+            m.rst_on_close.family(),
         );
         registry.register(
             "linger_abort",
             "Sockets closed with SO_LINGER timeout 0 and nothing unread (deliberate aborts)",
-            m.linger_abort.clone(),
+            m.linger_abort.family(),
         );
         registry.register(
             "close_wait_leaks",
             "Sockets that stayed in CLOSE_WAIT longer than the threshold",
-            m.close_wait_leaks.clone(),
+            m.close_wait_leaks.family(),
         );
         m
     }
@@ -78,7 +75,9 @@ impl Metrics {
             | Kind::ConnectionExplosion
             | Kind::PortPressure => return,
         };
-        family.get_or_create(&peers.of_event(e)).inc();
+        family.with(&peers.of_event(e), |c| {
+            c.inc();
+        });
     }
 }
 

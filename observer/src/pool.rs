@@ -47,7 +47,7 @@ use crate::{
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     map_read,
-    metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
+    metrics::{HasPeer, MapLabels, PeerSeries, Peers, SelfMetrics, WorkloadPeer},
     owners,
     sock_diag::{self, DiagSocket},
 };
@@ -80,6 +80,12 @@ pub struct FlowLabels {
     pub peer: String,
     /// `client`, `server` or `unknown`.
     pub role: String,
+}
+
+impl HasPeer for FlowLabels {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
 }
 
 /// Source address and destination: the labels of the ephemeral-port series.
@@ -126,9 +132,9 @@ impl Delta {
 /// The pool-health series.
 #[derive(Clone)]
 pub struct Metrics {
-    opened: Family<FlowLabels, Counter>,
-    closed: Family<FlowLabels, Counter>,
-    lifetime: Family<FlowLabels, Lifetimes>,
+    opened: PeerSeries<FlowLabels, Counter>,
+    closed: PeerSeries<FlowLabels, Counter>,
+    lifetime: PeerSeries<FlowLabels, Lifetimes>,
     established: Family<FlowLabels, Gauge>,
     time_wait: Family<WorkloadPeer, Gauge>,
     ports_in_use: Family<PortLabels, Gauge>,
@@ -141,7 +147,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the connection, TIME_WAIT and ephemeral-port series; the `FLOWS` fill level
     /// goes into the self-metrics.
-    pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics) -> Self {
+    pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics, peers: &Peers) -> Self {
         let map = MapLabels {
             map: observer_common::maps::FLOWS.to_owned(),
         };
@@ -150,9 +156,9 @@ impl Metrics {
             .get_or_create(&map)
             .set(i64::from(observer_common::maps::FLOWS_MAX_ENTRIES));
         let m = Self {
-            opened: Family::default(),
-            closed: Family::default(),
-            lifetime: Family::default(),
+            opened: PeerSeries::new(peers),
+            closed: PeerSeries::new(peers),
+            lifetime: PeerSeries::new(peers),
             established: Family::default(),
             time_wait: Family::default(),
             ports_in_use: Family::default(),
@@ -163,18 +169,18 @@ impl Metrics {
         registry.register(
             "connections_opened",
             "TCP connections established, by workload, peer and role (counted in the kernel)",
-            m.opened.clone(),
+            m.opened.family(),
         );
         registry.register(
             "connections_closed",
             "TCP connections closed after observer saw them established, by workload, peer and role",
-            m.closed.clone(),
+            m.closed.family(),
         );
         registry.register_with_unit(
             "connection_lifetime",
             "Lifetime of closed TCP connections, from ESTABLISHED to CLOSE (buckets double from 1 ms to about 70 minutes)",
             Unit::Seconds,
-            m.lifetime.clone(),
+            m.lifetime.family(),
         );
         registry.register(
             "connections_established",
@@ -208,13 +214,16 @@ impl Metrics {
     /// Adds one entry's growth to the counters and the histogram.
     pub fn flow(&self, labels: &FlowLabels, d: &Delta) {
         if d.opened > 0 {
-            self.opened.get_or_create(labels).inc_by(d.opened);
+            self.opened.with(labels, |c| {
+                c.inc_by(d.opened);
+            });
         }
         if d.closed > 0 {
-            self.closed.get_or_create(labels).inc_by(d.closed);
+            self.closed.with(labels, |c| {
+                c.inc_by(d.closed);
+            });
             self.lifetime
-                .get_or_create(labels)
-                .add(d.lifetime_ms, &d.lifetimes);
+                .with(labels, |h| h.add(d.lifetime_ms, &d.lifetimes));
         }
     }
 

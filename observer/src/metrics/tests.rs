@@ -1,4 +1,7 @@
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use super::*;
 
@@ -38,6 +41,43 @@ fn peers_beyond_the_limit_fold_into_other_and_are_counted() {
             .any(|l| l == "observer_peer_labels_folded_total 2"),
         "{text}"
     );
+}
+
+#[test]
+fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
+    let mut r = registry();
+    let peers = Peers::register(&mut r, 2);
+    let series: PeerSeries<WorkloadPeer, Counter> = PeerSeries::new(&peers);
+    r.register("hits", "x", series.family());
+    let t0 = Instant::now();
+    let hit = |port: u16, at: Instant| {
+        let labels = WorkloadPeer {
+            comm: "c".into(),
+            peer: peers.label_at(Role::Client, peer(port), at),
+            ..WorkloadPeer::default()
+        };
+        series.with(&labels, |c| {
+            c.inc();
+        });
+        labels.peer
+    };
+    assert_eq!(hit(1, t0), "10.0.0.1:1");
+    assert_eq!(hit(2, t0 + Duration::from_mins(5)), "10.0.0.1:2");
+    // Both named peers were used within PEER_IDLE: the new one folds.
+    assert_eq!(hit(3, t0 + Duration::from_mins(6)), "other");
+    // Peer 1 has been idle for PEER_IDLE: its name goes to peer 3, its series go away.
+    assert_eq!(hit(3, t0 + PEER_IDLE), "10.0.0.1:3");
+    let text = encode_prometheus(&r);
+    assert!(!text.contains("10.0.0.1:1\""), "{text}");
+    assert!(
+        text.contains(
+            r#"hits_total{namespace="",pod="",container="",comm="c",peer="10.0.0.1:3"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"peer="other"} 1"#), "{text}");
+    // Peer 2 was used more recently than peer 1 was: still named.
+    assert_eq!(hit(2, t0 + PEER_IDLE), "10.0.0.1:2");
 }
 
 #[test]
