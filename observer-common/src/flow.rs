@@ -48,7 +48,7 @@ impl FlowKey {
     };
 }
 
-/// Counts for one [`FlowKey`] since its entry was created (224 bytes). The programs add with
+/// Counts for one [`FlowKey`] since its entry was created (232 bytes). The programs add with
 /// atomic instructions; userspace reads deltas and deletes entries with nothing open.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +65,11 @@ pub struct FlowStats {
     pub pid: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Of the opened connections, those that left ESTABLISHED (a FIN sent or received, or an
+    /// abort): `opened - left` is what `ss state established` counts.
+    pub left: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 224);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 232);
 
 impl FlowStats {
     /// All zero.
@@ -77,6 +80,7 @@ impl FlowStats {
         lifetime: [0; LIFETIME_BUCKETS],
         pid: 0,
         _pad: 0,
+        left: 0,
     };
 }
 

@@ -100,6 +100,23 @@ pub(crate) fn open<C: EbpfContext, const B: bool>(
     Ok(())
 }
 
+/// `ESTABLISHED -> *`: counts a connection counted at open as no longer established (the
+/// established gauge is `opened - left`, as `ss state established` counts).
+#[inline(always)]
+pub(crate) fn leave_established<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) {
+    // SAFETY: LRU entry, read within this program run.
+    let Some(st) = (unsafe { SOCKS.get(sk.key()) }) else {
+        return;
+    };
+    if st.flags & SOCK_COUNTED == 0 {
+        return;
+    }
+    if let (_, Some(stats)) = entry(ctx, st.flow) {
+        // SAFETY: a live `FLOWS` value, updated with atomic adds only.
+        unsafe { add(&raw mut (*stats).left, 1) };
+    }
+}
+
 /// `-> CLOSE`: counts a connection counted at open as closed, with its lifetime, and records
 /// who closed first when the socket is handed over to TIME_WAIT (from FIN_WAIT2 or CLOSING).
 /// Not inlined: its keys stay off the callers' stack frames.

@@ -95,6 +95,9 @@ fn try_run<C: EbpfContext, const B: bool>(
     if !sk.is_tcp()? {
         return Ok(());
     }
+    if old == tcp::ESTABLISHED {
+        flows::leave_established(ctx, sk);
+    }
     if old == tcp::CLOSE_WAIT {
         close_wait::leave(ctx, sk, new)?;
     }

@@ -184,7 +184,7 @@ impl Metrics {
         );
         registry.register(
             "connections_established",
-            "TCP connections established since observer started and still open, by workload, peer and role",
+            "TCP connections in ESTABLISHED (as ss counts them), established since observer started, by workload, peer and role",
             m.established.clone(),
         );
         registry.register(
@@ -652,9 +652,9 @@ impl Monitor {
     }
 }
 
-/// Connections an entry counts as open.
+/// Connections an entry counts as established (opened and not yet left ESTABLISHED).
 fn open_count(s: &FlowStats) -> i64 {
-    i64::try_from(s.opened).unwrap_or(i64::MAX) - i64::try_from(s.closed).unwrap_or(i64::MAX)
+    i64::try_from(s.opened).unwrap_or(i64::MAX) - i64::try_from(s.left).unwrap_or(i64::MAX)
 }
 
 /// The `CLOSERS` key of a socket `sock_diag` listed (addresses as the kernel stores them).
