@@ -164,8 +164,17 @@ fn table(head: &[&str], rows: &[Vec<String>], header: bool) -> String {
     out
 }
 
+/// `ip:port`; `ip` alone when the port is 0 (a pool-health event about a server's clients),
+/// `*` when the address is unspecified too (the local end of a pool-health event).
 fn endpoint(addr: &Value, port: &Value) -> String {
     let a = field(addr);
+    if port.as_u64() == Some(0) {
+        return if a == "0.0.0.0" || a == "::" {
+            "*".to_owned()
+        } else {
+            a
+        };
+    }
     if a.contains(':') {
         format!("[{a}]:{}", field(port))
     } else {
@@ -331,6 +340,16 @@ mod tests {
         );
         assert_eq!(query(&[("pid", None)]), "");
         assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn endpoints_show_what_is_known() {
+        let e = |a: &str, p: u64| endpoint(&Value::from(a), &Value::from(p));
+        assert_eq!(e("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(e("::1", 80), "[::1]:80");
+        assert_eq!(e("10.0.0.7", 0), "10.0.0.7", "a server's clients");
+        assert_eq!(e("0.0.0.0", 0), "*", "no local end");
+        assert_eq!(e("::", 0), "*");
     }
 
     #[test]
