@@ -149,6 +149,9 @@ pub struct SocketView {
     pub reported: bool,
 }
 
+/// Sockets with the same labels: namespace, pod, container, comm, role and peer.
+type Group<'a> = (&'a str, &'a str, &'a str, &'a str, Role, SocketAddr);
+
 /// `observer_close_wait_*` series, owned by the tracker.
 #[derive(Clone)]
 pub struct Metrics {
@@ -194,7 +197,6 @@ impl Metrics {
         // Grouped by borrowed fields first: tens of thousands of sockets share a few label
         // sets, and building each label set (five strings, a peer lookup) once per group
         // instead of once per socket is most of this scan's cost.
-        type Group<'a> = (&'a str, &'a str, &'a str, &'a str, Role, SocketAddr);
         let mut groups: HashMap<Group<'_>, (i64, u64)> = HashMap::new();
         for v in views {
             // A server's peers are labelled by address: their ports never split a group.
