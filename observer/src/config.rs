@@ -263,7 +263,8 @@ pub struct AgentArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PoolArgs {
     /// How often connection counts are read from the kernel and sockets are listed for
-    /// TIME_WAIT and ephemeral ports; rates are measured over this window.
+    /// TIME_WAIT and ephemeral ports (listings are spaced further apart when they would take
+    /// over 5% of a core); rates are measured over this window.
     #[arg(
         long,
         env = "OBSERVER_POOL_INTERVAL",
