@@ -10,21 +10,26 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use observer_common::{
     event::{
-        CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, SOCK_IN_CLOSE_WAIT, Stat,
+        CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, SOCK_IN_CLOSE_WAIT,
+        SockState, Stat,
     },
     tcp,
 };
 
 use crate::{
     emit,
-    maps::{CLOSE_WAIT, SOCKS},
+    maps::CLOSE_WAIT,
     off,
     sock::{Sock, current_owner, current_pid},
 };
 
 /// `ESTABLISHED -> CLOSE_WAIT`: records the entry. (Not inlined: see `sock_state::on_abort`.)
 #[inline(never)]
-pub(crate) fn enter<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Result<(), i32> {
+pub(crate) fn enter<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    st: Option<*mut SockState>,
+) -> Result<(), i32> {
     let ends = sk.endpoints()?;
     let mut e = CloseWaitEntry {
         // SAFETY: no preconditions.
@@ -47,7 +52,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Resu
         role: Role::Unknown as u8,
         flags: 0,
     };
-    if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+    if let Some(st) = st {
         // SAFETY: LRU entry pointer, valid for this program run.
         let st = unsafe {
             (*st).flags |= SOCK_IN_CLOSE_WAIT;
@@ -72,6 +77,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Resu
 pub(crate) fn leave<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
+    st: Option<*mut SockState>,
     new: i32,
 ) -> Result<(), i32> {
     // SAFETY: no preconditions.
@@ -80,7 +86,7 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     // SAFETY: entry copied out before it is removed.
     let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
     let _ = CLOSE_WAIT.remove(key);
-    if let Some(st) = SOCKS.get_ptr_mut(key) {
+    if let Some(st) = st {
         // SAFETY: LRU entry pointer, valid for this program run.
         unsafe { (*st).flags &= !SOCK_IN_CLOSE_WAIT };
     }

@@ -14,7 +14,7 @@ use observer_common::{
 
 use crate::{
     emit,
-    maps::{CLOSERS, FLOWS, LISTENERS, SOCKS},
+    maps::{CLOSERS, FLOWS, LISTENERS},
     off,
     sock::{Sock, current_owner, current_pid},
 };
@@ -103,11 +103,12 @@ pub(crate) fn open<C: EbpfContext, const B: bool>(
 /// `ESTABLISHED -> *`: counts a connection counted at open as no longer established (the
 /// established gauge is `opened - left`, as `ss state established` counts).
 #[inline(always)]
-pub(crate) fn leave_established<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) {
-    // SAFETY: LRU entry, read within this program run.
-    let Some(st) = (unsafe { SOCKS.get(sk.key()) }) else {
+pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<*mut SockState>) {
+    let Some(st) = st else {
         return;
     };
+    // SAFETY: LRU entry pointer, valid for this program run.
+    let st = unsafe { &*st };
     if st.flags & SOCK_COUNTED == 0 {
         return;
     }
@@ -124,12 +125,14 @@ pub(crate) fn leave_established<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock
 pub(crate) fn close<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
+    st: Option<*mut SockState>,
     old: i32,
 ) -> Result<(), i32> {
-    // SAFETY: LRU entry, read within this program run.
-    let Some(st) = (unsafe { SOCKS.get(sk.key()) }) else {
+    let Some(st) = st else {
         return Ok(());
     };
+    // SAFETY: LRU entry pointer, valid for this program run.
+    let st = unsafe { &*st };
     if st.flags & SOCK_COUNTED != 0 {
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };

@@ -95,11 +95,17 @@ fn try_run<C: EbpfContext, const B: bool>(
     if !sk.is_tcp()? {
         return Ok(());
     }
+    // One lookup serves every step below (none for the two transitions that precede an entry).
+    let st = if matches!(new, tcp::SYN_SENT | tcp::LISTEN) {
+        None
+    } else {
+        SOCKS.get_ptr_mut(sk.key())
+    };
     if old == tcp::ESTABLISHED {
-        flows::leave_established(ctx, sk);
+        flows::leave_established(ctx, st);
     }
     if old == tcp::CLOSE_WAIT {
-        close_wait::leave(ctx, sk, new)?;
+        close_wait::leave(ctx, sk, st, new)?;
     }
     match new {
         tcp::SYN_SENT => {
@@ -108,7 +114,7 @@ fn try_run<C: EbpfContext, const B: bool>(
             insert(ctx, sk, &st);
         }
         tcp::ESTABLISHED => {
-            if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+            if let Some(st) = st {
                 // SAFETY: LRU entry pointer, valid for this program run.
                 let st = unsafe { &mut *st };
                 // SAFETY: no preconditions.
@@ -127,10 +133,10 @@ fn try_run<C: EbpfContext, const B: bool>(
             }
         }
         tcp::LISTEN => flows::listen(sk)?,
-        tcp::CLOSE_WAIT => close_wait::enter(ctx, sk)?,
+        tcp::CLOSE_WAIT => close_wait::enter(ctx, sk, st)?,
         tcp::FIN_WAIT1 | tcp::LAST_ACK => {
             let pid = current_pid();
-            if let Some(st) = SOCKS.get_ptr_mut(sk.key()) {
+            if let Some(st) = st {
                 // SAFETY: LRU entry pointer, valid for this program run.
                 unsafe {
                     if (*st).pid != pid {
@@ -140,8 +146,8 @@ fn try_run<C: EbpfContext, const B: bool>(
             }
         }
         tcp::CLOSE => {
-            on_abort(ctx, sk, old)?;
-            flows::close(ctx, sk, old)?;
+            on_abort(ctx, sk, st, old)?;
+            flows::close(ctx, sk, st, old)?;
             let _ = SOCKS.remove(sk.key());
         }
         _ => {}
@@ -153,7 +159,12 @@ fn try_run<C: EbpfContext, const B: bool>(
 /// Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
 /// functions on exclusive branches they never share the 512-byte stack.
 #[inline(never)]
-fn on_abort<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, old: i32) -> Result<(), i32> {
+fn on_abort<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    st: Option<*mut SockState>,
+    old: i32,
+) -> Result<(), i32> {
     if !tcp::abortable(old, false) {
         return Ok(());
     }
@@ -209,8 +220,9 @@ fn on_abort<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, old: i32) -> Re
     };
     // This runs in the closing task: it is the owner, whatever was recorded before.
     (ev.pid, ev.comm, ev.cgroup_id) = current_owner(current_pid());
-    // SAFETY: LRU entry, copied out at once.
-    if let Some(st) = unsafe { SOCKS.get(sk.key()) } {
+    if let Some(st) = st {
+        // SAFETY: LRU entry pointer, valid for this program run.
+        let st = unsafe { &*st };
         ev.established_ns = st.established_ns;
         ev.last_read_ns = st.last_read_ns;
         ev.role = st.role;
