@@ -38,7 +38,7 @@ use crate::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
-    metrics::{MapLabels, Peers, SelfMetrics, WorkloadPeer},
+    metrics::{Peers, SelfMetrics, WorkloadPeer},
     owners, sock_diag as diag,
 };
 
@@ -163,17 +163,13 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the CLOSE_WAIT gauges; the map's fill level goes into the self-metrics.
     pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics) -> Self {
-        let map = MapLabels {
-            map: observer_common::maps::CLOSE_WAIT.to_owned(),
-        };
-        self_metrics
-            .map_capacity
-            .get_or_create(&map)
-            .set(i64::from(observer_common::maps::CLOSE_WAIT_MAX_ENTRIES));
         let m = Self {
             sockets: Family::default(),
             oldest: Family::default(),
-            map_entries: self_metrics.map_entries.get_or_create_owned(&map),
+            map_entries: self_metrics.map(
+                observer_common::maps::CLOSE_WAIT,
+                observer_common::maps::CLOSE_WAIT_MAX_ENTRIES,
+            ),
         };
         registry.register(
             "close_wait_sockets",

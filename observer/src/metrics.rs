@@ -410,6 +410,17 @@ impl SelfMetrics {
         }
     }
 
+    /// Records the capacity of the eBPF map `name` and returns the gauge of its entries.
+    pub fn map(&self, name: &str, capacity: u32) -> Gauge {
+        let map = MapLabels {
+            map: name.to_owned(),
+        };
+        self.map_capacity
+            .get_or_create(&map)
+            .set(i64::from(capacity));
+        self.map_entries.get_or_create_owned(&map)
+    }
+
     /// Adds `n` losses from `source`.
     pub fn lost(&self, source: &str, n: u64) {
         if n > 0 {

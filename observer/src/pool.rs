@@ -41,13 +41,13 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    enrich::Enricher,
+    enrich::{Attribution, Enricher},
     events::{
         Event, Figures, Kind, Role,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     map_read,
-    metrics::{HasPeer, MapLabels, PeerSeries, Peers, SelfMetrics, WorkloadPeer},
+    metrics::{HasPeer, PeerSeries, Peers, SelfMetrics, WorkloadPeer},
     owners,
     sock_diag::{self, DiagSocket},
 };
@@ -148,13 +148,6 @@ impl Metrics {
     /// Registers the connection, TIME_WAIT and ephemeral-port series; the `FLOWS` fill level
     /// goes into the self-metrics.
     pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics, peers: &Peers) -> Self {
-        let map = MapLabels {
-            map: observer_common::maps::FLOWS.to_owned(),
-        };
-        self_metrics
-            .map_capacity
-            .get_or_create(&map)
-            .set(i64::from(observer_common::maps::FLOWS_MAX_ENTRIES));
         let m = Self {
             opened: PeerSeries::new(peers),
             closed: PeerSeries::new(peers),
@@ -163,7 +156,10 @@ impl Metrics {
             time_wait: Family::default(),
             ports_in_use: Family::default(),
             ports_ratio: Family::default(),
-            flows_entries: self_metrics.map_entries.get_or_create_owned(&map),
+            flows_entries: self_metrics.map(
+                observer_common::maps::FLOWS,
+                observer_common::maps::FLOWS_MAX_ENTRIES,
+            ),
             listing_seconds: Gauge::default(),
         };
         registry.register(
@@ -482,11 +478,7 @@ impl Monitor {
                 ..FlowLabels::default()
             };
         }
-        let a = self
-            .enricher
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .lookup(key.cgroup_id);
+        let a = self.attribution(key.cgroup_id);
         let role = Role::from_wire(key.role);
         FlowLabels {
             namespace: a.namespace.unwrap_or_default(),
@@ -499,6 +491,14 @@ impl Monitor {
             ),
             role: role.as_str().to_owned(),
         }
+    }
+
+    /// The pod, namespace and container of a cgroup.
+    fn attribution(&self, cgroup_id: u64) -> Attribution {
+        self.enricher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lookup(cgroup_id)
     }
 
     /// TIME_WAIT sockets by the owner that closed first.
@@ -514,11 +514,7 @@ impl Monitor {
             let owner = closers.get(&tuple_key(s));
             let labels = match owner {
                 Some(o) => {
-                    let a = self
-                        .enricher
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .lookup(o.cgroup_id);
+                    let a = self.attribution(o.cgroup_id);
                     WorkloadPeer {
                         namespace: a.namespace.unwrap_or_default(),
                         pod: a.pod.unwrap_or_default(),
