@@ -19,33 +19,15 @@ use std::{
     io::Read as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use support::{Agent, in_netns, require_bpf};
+use support::{Agent, in_netns, require_bpf, wait_metrics};
 
-/// The value of an unlabelled sample.
+/// The value of an unlabelled sample `name`.
 fn plain(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Scrapes until `f` accepts the text (returning it) or `timeout` passes (panicking with it).
-fn wait_metrics(url: &str, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = ureq::get(&format!("{url}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        if f(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what}; /metrics:\n{text}");
-        thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One scenario at a time: each floods the maps and labels of every agent on the host.

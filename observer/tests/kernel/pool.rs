@@ -17,44 +17,9 @@ use std::{
 
 use serde_json::Value;
 
-use super::support::{Agent, in_netns, own_comm, require_bpf};
+use super::support::{Agent, in_netns, own_comm, require_bpf, sample, scrape, wait_metrics};
 
 const PYTHON: &str = "/usr/bin/python3";
-
-/// The agent's `/metrics` text.
-fn scrape(url: &str) -> String {
-    ureq::get(&format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
-/// The value of the sample `name{...}` whose labels include every pair of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
-/// Scrapes until `f` accepts the text (returning it) or `timeout` passes (panicking with it).
-fn wait_metrics(url: &str, timeout: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = scrape(url);
-        if f(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what}; /metrics:\n{text}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Stored events of `kind` in `netns` (from the API), waiting up to `timeout` for `done` to
 /// accept them.

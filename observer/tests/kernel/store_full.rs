@@ -7,20 +7,13 @@ use std::{
     process::Command,
 };
 
-use super::support::{Agent, events, in_netns, require_bpf, wait_queued};
+use super::support::{Agent, events, in_netns, require_bpf, scrape, wait_queued};
 
 const ABORTS: usize = 600;
 
 /// A counter's value: counters are whole numbers.
 fn metric(agent: &Agent, line_start: &str) -> u64 {
-    let agent_http = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
-    let text = agent_http
-        .get(&format!("{}/metrics", agent.url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = scrape(&agent.url);
     text.lines()
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))

@@ -135,6 +135,46 @@ pub(crate) fn set_linger(s: &impl std::os::fd::AsRawFd, secs: i32) {
     assert_eq!(rc, 0);
 }
 
+/// The agent's `/metrics` text.
+pub(crate) fn scrape(url: &str) -> String {
+    ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The value of the sample `name{...}` whose labels include every pair of `labels`.
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Scrapes until `f` accepts the text (returning it) or `timeout` passes (panicking with it).
+pub(crate) fn wait_metrics(
+    url: &str,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = scrape(url);
+        if f(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what}; /metrics:\n{text}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// This process's `comm`, as the agent should report it.
 pub(crate) fn own_comm() -> String {
     std::fs::read_to_string("/proc/self/comm")
