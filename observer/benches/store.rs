@@ -28,15 +28,10 @@ fn event(i: u64, now: u64) -> Event {
     let kind = Kind::ALL[(i % 7 % 4) as usize];
     let host = (i % 50) as u8;
     Event {
-        id: 0,
-        ts: String::new(),
         wall_ns: now - DAY_NS + i * (DAY_NS / EVENTS),
-        kind,
         pid: 1000 + (i % 200) as u32,
         comm: format!("svc-{}", i % 40),
         cgroup_id: i % 300,
-        container_id: None,
-        container: None,
         pod: Some(format!("pod-{}", i % 120)),
         namespace: Some(format!("ns-{}", i % 8)),
         netns: 1,
@@ -49,12 +44,9 @@ fn event(i: u64, now: u64) -> Event {
         conn_age_ms: Some(i % 5000),
         bytes_received: i,
         bytes_sent: Some(i / 2),
-        close_wait_ms: None,
-        last_read_ms_ago: None,
-        close_wait_lower_bound: None,
         rst_reason: Some("TCP_ABORT_ON_CLOSE".to_owned()),
         hint: "closed with unread bytes: the response was not fully read".to_owned(),
-        figures: None,
+        ..Event::blank(kind)
     }
 }
 

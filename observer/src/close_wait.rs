@@ -483,17 +483,11 @@ impl Tracker {
     fn leak(&self, v: &SocketView, now: u64) -> Event {
         let hint = close_wait_hint(v.close_wait_ms, v.last_read_ms_ago, v.unread_bytes);
         Event {
-            id: 0,
             ts: self.decoder.wall_clock(now),
             wall_ns: self.decoder.wall_ns(now),
-            kind: Kind::CloseWaitLeak,
             pid: v.pid,
             comm: v.comm.clone(),
             cgroup_id: v.cgroup_id,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
             netns: v.netns,
             local_addr: v.local_addr,
             local_port: v.local_port,
@@ -501,13 +495,9 @@ impl Tracker {
             peer_port: v.peer_port,
             role: v.role,
             unread_bytes: v.unread_bytes,
-            conn_age_ms: None,
-            bytes_received: 0,
-            bytes_sent: None,
             close_wait_ms: Some(v.close_wait_ms),
             last_read_ms_ago: v.last_read_ms_ago,
             close_wait_lower_bound: Some(v.close_wait_lower_bound),
-            rst_reason: None,
             hint: if v.close_wait_lower_bound {
                 format!(
                     "{hint} (found already in CLOSE_WAIT when observer started: at least this long)"
@@ -515,7 +505,7 @@ impl Tracker {
             } else {
                 hint
             },
-            figures: None,
+            ..Event::blank(Kind::CloseWaitLeak)
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! [`RawEvent`]: observer_common::event::RawEvent
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -159,6 +159,43 @@ pub struct Event {
     pub hint: String,
     /// Pool-health events: the figures that triggered them; null for other kinds.
     pub figures: Option<Figures>,
+}
+
+impl Event {
+    /// An event of `kind` with nothing else known: zero ids and counts, unspecified addresses,
+    /// unknown role, empty strings, null options. Builders fill in what they know with
+    /// `Event { .., ..Event::blank(kind) }`.
+    pub fn blank(kind: Kind) -> Self {
+        Self {
+            id: 0,
+            ts: String::new(),
+            wall_ns: 0,
+            kind,
+            pid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+            container_id: None,
+            container: None,
+            pod: None,
+            namespace: None,
+            netns: 0,
+            local_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            local_port: 0,
+            peer_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer_port: 0,
+            role: Role::Unknown,
+            unread_bytes: 0,
+            conn_age_ms: None,
+            bytes_received: 0,
+            bytes_sent: None,
+            close_wait_ms: None,
+            last_read_ms_ago: None,
+            close_wait_lower_bound: None,
+            rst_reason: None,
+            hint: String::new(),
+            figures: None,
+        }
+    }
 }
 
 /// What a pool-health detector measured, and the threshold it crossed. Fields that do not

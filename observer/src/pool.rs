@@ -617,33 +617,19 @@ impl Monitor {
         };
         let at = monotonic_ns();
         Event {
-            id: 0,
             ts: self.decoder.wall_clock(at),
             wall_ns: self.decoder.wall_ns(at),
-            kind,
             pid,
             comm: comm(&key.comm),
             cgroup_id: key.cgroup_id,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
             netns: key.netns,
             local_addr,
-            local_port: 0,
             peer_addr,
             peer_port: key.peer_port,
             role,
-            unread_bytes: 0,
-            conn_age_ms: None,
-            bytes_received: 0,
-            bytes_sent: None,
-            close_wait_ms: None,
-            last_read_ms_ago: None,
-            close_wait_lower_bound: None,
-            rst_reason: None,
             hint: detect::hint(kind, &figures, role == Role::Server),
             figures: Some(figures),
+            ..Event::blank(kind)
         }
     }
 }

@@ -21,15 +21,11 @@ const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
 
 fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) -> Event {
     Event {
-        id: 0,
         ts: "2026-11-21T12:00:00Z".to_owned(),
         wall_ns,
-        kind,
         pid,
         comm: comm.to_owned(),
         cgroup_id: 1,
-        container_id: None,
-        container: None,
         pod: Some("web-0".to_owned()),
         namespace: Some("shop".to_owned()),
         netns: 1,
@@ -42,12 +38,9 @@ fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) 
         conn_age_ms: Some(5),
         bytes_received: 42,
         bytes_sent: Some(7),
-        close_wait_ms: None,
-        last_read_ms_ago: None,
-        close_wait_lower_bound: None,
         rst_reason: Some("TCP_ABORT_ON_CLOSE".to_owned()),
         hint: "closed with 42 unread bytes".to_owned(),
-        figures: None,
+        ..Event::blank(kind)
     }
 }
 

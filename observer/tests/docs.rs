@@ -14,17 +14,9 @@ use observer::{
 
 fn event(kind: Kind) -> Event {
     Event {
-        id: 0,
-        ts: String::new(),
         wall_ns: 1,
-        kind,
         pid: 1,
         comm: "x".into(),
-        cgroup_id: 0,
-        container_id: None,
-        container: None,
-        pod: None,
-        namespace: None,
         netns: 1,
         local_addr: Ipv4Addr::LOCALHOST.into(),
         local_port: 1,
@@ -32,15 +24,7 @@ fn event(kind: Kind) -> Event {
         peer_port: 2,
         role: Role::Client,
         unread_bytes: 1,
-        conn_age_ms: None,
-        bytes_received: 0,
-        bytes_sent: None,
-        close_wait_ms: None,
-        last_read_ms_ago: None,
-        close_wait_lower_bound: None,
-        rst_reason: None,
-        hint: String::new(),
-        figures: None,
+        ..Event::blank(kind)
     }
 }
 

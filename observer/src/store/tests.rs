@@ -5,17 +5,11 @@ use crate::events::{Kind, Role};
 
 pub(crate) fn event(kind: Kind, pid: u32, comm: &str, peer: (&str, u16), wall_ns: u64) -> Event {
     Event {
-        id: 0,
         ts: String::from("2026-11-21T00:00:00Z"),
         wall_ns,
-        kind,
         pid,
         comm: comm.to_owned(),
         cgroup_id: 1,
-        container_id: None,
-        container: None,
-        pod: None,
-        namespace: None,
         netns: 1,
         local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         local_port: 40000,
@@ -23,15 +17,8 @@ pub(crate) fn event(kind: Kind, pid: u32, comm: &str, peer: (&str, u16), wall_ns
         peer_port: peer.1,
         role: Role::Client,
         unread_bytes: 10,
-        conn_age_ms: None,
         bytes_received: 10,
-        bytes_sent: None,
-        close_wait_ms: None,
-        last_read_ms_ago: None,
-        close_wait_lower_bound: None,
-        rst_reason: None,
-        hint: String::new(),
-        figures: None,
+        ..Event::blank(kind)
     }
 }
 
