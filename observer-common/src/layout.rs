@@ -51,6 +51,8 @@ pub struct Offsets {
     pub tcp_bytes_received: u32,
     /// `tcp_sock.bytes_sent` (u64), or [`ABSENT`].
     pub tcp_bytes_sent: u32,
+    /// `tcp_sock.tcp_mstamp` (u64, microseconds of `ktime_get_ns`), or [`ABSENT`].
+    pub tcp_mstamp: u32,
     /// `net.ns.inum` (unsigned int).
     pub net_inum: u32,
     /// Bit number of `SOCK_DEAD` in `enum sock_flags`.
@@ -94,4 +96,4 @@ pub struct Offsets {
     /// `tcp/tcp_destroy_sock`: `skaddr`.
     pub tp_destroy_skaddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 39 * 4);

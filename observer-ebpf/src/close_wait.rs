@@ -32,8 +32,8 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
 ) -> Result<(), i32> {
     let ends = sk.endpoints()?;
     let mut e = CloseWaitEntry {
-        // SAFETY: no preconditions.
-        entered_ns: unsafe { bpf_ktime_get_ns() },
+        // Processing the peer's FIN.
+        entered_ns: sk.refreshed_now_ns(),
         established_ns: 0,
         last_read_ns: 0,
         cgroup_id: 0,
@@ -80,8 +80,6 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     st: Option<*mut SockState>,
     new: i32,
 ) -> Result<(), i32> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let key = sk.key();
     // SAFETY: entry copied out before it is removed.
     let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
@@ -95,6 +93,8 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     {
         return Ok(());
     }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let ends = sk.endpoints()?;
     let mut ev = RawEvent {
         ts_ns: now,
@@ -137,7 +137,7 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     // aborting unless an error (a received RST, a timeout) was set first.
     let err: i32 = sk.read(off!(sk_err))?;
     if new == tcp::LAST_ACK || (new == tcp::CLOSE && err == 0) {
-        (ev.pid, ev.comm, ev.cgroup_id) = current_owner(current_pid());
+        (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     }
     emit::event(ctx, &ev);
     Ok(())
@@ -157,7 +157,7 @@ pub(crate) fn on_read<const B: bool>(sk: Sock<B>, pid: u32, consumed_at: u64) ->
             (*e).last_read_ns = consumed_at;
         }
         if (*e).pid != pid {
-            ((*e).pid, (*e).comm, (*e).cgroup_id) = current_owner(pid);
+            ((*e).pid, (*e).comm, (*e).cgroup_id) = current_owner::<B>(pid);
         }
     }
     Ok(())

@@ -33,7 +33,7 @@ pub(crate) fn listen<const B: bool>(sk: Sock<B>) -> Result<(), i32> {
         port: u16::from_be(sk.read_tcp(off!(inet_sport))?),
         _pad: 0,
     };
-    let (pid, comm, cgroup_id) = current_owner(current_pid());
+    let (pid, comm, cgroup_id) = current_owner::<B>(current_pid());
     let owner = Owner {
         cgroup_id,
         comm,
@@ -134,8 +134,17 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
     // SAFETY: LRU entry pointer, valid for this program run.
     let st = unsafe { &*st };
     if st.flags & SOCK_COUNTED != 0 {
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        // From LAST_ACK and CLOSING, and from FIN_WAIT2 once the peer's FIN came (SOCK_DONE),
+        // only a received segment or the retransmit timer moves on; other closes may be the
+        // owner's close() aborting, long after the last segment.
+        let fin_wait2_done =
+            old == tcp::FIN_WAIT2 && sk.read::<u64>(off!(sk_flags))? & (1 << off!(flag_done)) != 0;
+        let now = if old == tcp::LAST_ACK || old == tcp::CLOSING || fin_wait2_done {
+            sk.refreshed_now_ns()
+        } else {
+            // SAFETY: no preconditions.
+            unsafe { bpf_ktime_get_ns() }
+        };
         let ms = now.saturating_sub(st.established_ns) / 1_000_000;
         if let (_, Some(stats)) = entry(ctx, st.flow) {
             // SAFETY: a live `FLOWS` value, updated with atomic adds only.

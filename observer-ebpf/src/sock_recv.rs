@@ -9,7 +9,6 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, kprobe, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
@@ -84,11 +83,10 @@ fn run<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i32
 #[inline(always)]
 fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i32) -> i32 {
     let pid = current_pid();
-    // `bpf_ktime_get_ns` is most of this hook's cost (~170 ns of ~460 on the development VM's
-    // clock source); the coarse clock is refused in tracing programs. See docs/performance.md.
+    // A read that copied data has just refreshed the socket's clock (`tcp_rcv_space_adjust`);
+    // the kprobe fallback runs before the read and is not BTF-typed, so it reads the clock.
     let consumed_at = if ret > 0 && flags & MSG_PEEK == 0 {
-        // SAFETY: no preconditions.
-        unsafe { bpf_ktime_get_ns() }
+        sk.refreshed_now_ns()
     } else {
         0
     };
@@ -99,7 +97,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
                 (*st).last_read_ns = consumed_at;
             }
             if (*st).pid != pid {
-                set_owner(&mut *st, pid);
+                set_owner::<B>(&mut *st, pid);
             }
             if (*st).flags & SOCK_IN_CLOSE_WAIT != 0
                 && close_wait::on_read(sk, pid, consumed_at).is_err()

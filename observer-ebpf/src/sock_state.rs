@@ -110,22 +110,21 @@ fn try_run<C: EbpfContext, const B: bool>(
     match new {
         tcp::SYN_SENT => {
             let mut st = fresh(Role::Client);
-            set_owner(&mut st, current_pid());
+            set_owner::<B>(&mut st, current_pid());
             insert(ctx, sk, &st);
         }
         tcp::ESTABLISHED => {
             if let Some(st) = st {
                 // SAFETY: LRU entry pointer, valid for this program run.
                 let st = unsafe { &mut *st };
-                // SAFETY: no preconditions.
-                st.established_ns = unsafe { bpf_ktime_get_ns() };
+                // Softirq, processing the segment that completed the handshake.
+                st.established_ns = sk.refreshed_now_ns();
                 if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
                     flows::open(ctx, sk, st, Role::Client)?;
                 }
             } else if old == tcp::SYN_RECV {
                 let mut st = fresh(Role::Server);
-                // SAFETY: no preconditions.
-                st.established_ns = unsafe { bpf_ktime_get_ns() };
+                st.established_ns = sk.refreshed_now_ns();
                 // Tracked even if counting fails (the failure is counted by the caller).
                 let counted = flows::open(ctx, sk, &mut st, Role::Server);
                 insert(ctx, sk, &st);
@@ -140,7 +139,7 @@ fn try_run<C: EbpfContext, const B: bool>(
                 // SAFETY: LRU entry pointer, valid for this program run.
                 unsafe {
                     if (*st).pid != pid {
-                        set_owner(&mut *st, pid);
+                        set_owner::<B>(&mut *st, pid);
                     }
                 }
             }
@@ -219,7 +218,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
         last_read_ns: 0,
     };
     // This runs in the closing task: it is the owner, whatever was recorded before.
-    (ev.pid, ev.comm, ev.cgroup_id) = current_owner(current_pid());
+    (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     if let Some(st) = st {
         // SAFETY: LRU entry pointer, valid for this program run.
         let st = unsafe { &*st };
@@ -274,7 +273,7 @@ pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     read_ns: u64,
 ) {
     let mut st = fresh(Role::Unknown);
-    set_owner(&mut st, pid);
+    set_owner::<B>(&mut st, pid);
     st.last_read_ns = read_ns;
     insert(ctx, sk, &st);
 }

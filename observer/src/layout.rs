@@ -77,6 +77,8 @@ impl Layout {
             tcp_bytes_received: f("tcp_sock", "bytes_received", 8)?,
             // Added in 5.5: optional, reported as null where absent.
             tcp_bytes_sent: f("tcp_sock", "bytes_sent", 8).unwrap_or(ABSENT),
+            // Added in 4.13: optional, the programs read the clock instead where absent.
+            tcp_mstamp: f("tcp_sock", "tcp_mstamp", 8).unwrap_or(ABSENT),
             net_inum: f("net", "ns.inum", 4)?,
             skc_state: f("sock_common", "skc_state", 1)?,
             sk_socket: f("sock", "sk_socket", 8)?,
@@ -144,6 +146,7 @@ impl Layout {
             ("tcp_sock.copied_seq", o.tcp_copied_seq),
             ("tcp_sock.bytes_received", o.tcp_bytes_received),
             ("tcp_sock.bytes_sent", o.tcp_bytes_sent),
+            ("tcp_sock.tcp_mstamp", o.tcp_mstamp),
             ("net.ns.inum", o.net_inum),
             ("task_struct.group_leader", o.task_group_leader),
             ("task_struct.comm", o.task_comm),
