@@ -1,8 +1,13 @@
 //! What observer costs the node (root only; `cargo xtask bench`). Each workload runs
-//! `ROUNDS` times without the agent and `ROUNDS` times with it, alternately, and the table
-//! shows medians: the machines are noisy, so absolute figures mean little and ratios of
-//! medians mean more. Also: the agent's CPU and peak RSS, the abort rate it reports with no
-//! event lost, and its memory with 50,000 sockets in CLOSE_WAIT. Writes
+//! `ROUNDS` times without the agent and `ROUNDS` times with it, alternately, each run with the
+//! agent right after one without. Two figures per run: the throughput, and the node's busy CPU
+//! time per operation (`/proc/stat`: user, system, irq and softirq of every CPU, the agent's
+//! own included; steal and idle are not). The overheads are medians of the ratios within each
+//! adjacent pair: the machines are noisy, so absolute figures mean little and pairs taken a few
+//! seconds apart mean more. CPU per operation is the steadier of the two on a shared VM: it
+//! does not move when the hypervisor takes the CPU away, throughput does. Also: the agent's CPU
+//! and peak RSS, the abort rate it reports with no event lost, and its memory with 50,000
+//! sockets in CLOSE_WAIT and 100,000 established connections. Writes
 //! `target/bench/overhead.json`. Not a test: under `cargo test` it exits at once.
 #![expect(
     clippy::unwrap_used,
@@ -24,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const RUN: Duration = Duration::from_secs(2);
 const THREADS: usize = 2;
 
@@ -175,25 +180,57 @@ fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     .unwrap()
 }
 
-/// Ops/s of `THREADS` loops of `op` for `RUN`.
-fn threads(op: impl Fn(&AtomicBool) -> u64 + Send + Sync + 'static) -> f64 {
+/// Busy CPU seconds of the whole node since boot: user, nice, system, irq and softirq of the
+/// `cpu` line of `/proc/stat` (idle, iowait and the time the hypervisor stole are left out).
+fn busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat.lines().next().unwrap();
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: sysconf has no preconditions.
+    busy as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// One run of a workload: its rate and the node's busy CPU per operation.
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    cpu_us_per_op: f64,
+}
+
+impl Sample {
+    /// `ops` operations in `secs` seconds, `busy` busy CPU seconds meanwhile.
+    fn of(ops: f64, secs: f64, busy: f64) -> Self {
+        Self {
+            rate: ops / secs,
+            cpu_us_per_op: busy * 1e6 / ops.max(1.0),
+        }
+    }
+}
+
+/// `THREADS` loops of `op` for `RUN`.
+fn threads(op: impl Fn(&AtomicBool) -> u64 + Send + Sync + 'static) -> Sample {
     let stop = Arc::new(AtomicBool::new(false));
     let op = Arc::new(op);
+    let (t, busy) = (Instant::now(), busy_seconds());
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
             let (stop, op) = (stop.clone(), op.clone());
             thread::spawn(move || op(&stop))
         })
         .collect();
-    let t = Instant::now();
     thread::sleep(RUN);
     stop.store(true, Ordering::Relaxed);
     let n: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    n as f64 / t.elapsed().as_secs_f64()
+    Sample::of(n as f64, t.elapsed().as_secs_f64(), busy_seconds() - busy)
 }
 
 /// 64-byte request/response round trips over one keep-alive connection per thread.
-fn request_response() -> f64 {
+fn request_response() -> Sample {
     in_netns(|| {
         threads(|stop| {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,7 +257,7 @@ fn request_response() -> f64 {
 }
 
 /// connect, 1-byte request, 1-byte response, close (the server closes first).
-fn connection_storm() -> f64 {
+fn connection_storm() -> Sample {
     in_netns(|| {
         threads(|stop| {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -257,7 +294,7 @@ fn connection_storm() -> f64 {
 }
 
 /// Connections closed by their server with 10 unread bytes: one RST-on-close each.
-fn aborts() -> f64 {
+fn aborts() -> Sample {
     in_netns(|| {
         threads(|stop| {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -323,20 +360,24 @@ impl Nginx {
     }
 
     /// `wrk` requests/s, keep-alive or one connection per request.
-    fn wrk(&self, keep_alive: bool) -> f64 {
+    fn wrk(&self, keep_alive: bool) -> Sample {
         let mut cmd = Command::new("wrk");
         cmd.args(["-t2", "-c32", &format!("-d{}s", RUN.as_secs())]);
         if !keep_alive {
             cmd.args(["-H", "Connection: close"]);
         }
+        let (t, busy) = (Instant::now(), busy_seconds());
         let out = cmd
             .arg(format!("http://127.0.0.1:{}/index.html", self.port))
             .output()
             .expect("wrk (Debian package)");
+        let (secs, busy) = (t.elapsed().as_secs_f64(), busy_seconds() - busy);
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
+        let rate: f64 = text
+            .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok())
-            .unwrap_or(0.0)
+            .unwrap_or(0.0);
+        Sample::of(rate * RUN.as_secs_f64(), secs, busy)
     }
 }
 
@@ -355,34 +396,83 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Row {
     name: &'static str,
     unit: &'static str,
-    base: f64,
-    with: f64,
+    base: Vec<Sample>,
+    with: Vec<Sample>,
     agent_cpu: f64,
 }
 
 impl Row {
+    /// Median over the pairs of the throughput lost with the agent, in %.
     fn overhead(&self) -> f64 {
-        (self.base - self.with) / self.base * 100.0
+        median(self.pairs(|b, w| (b.rate - w.rate) / b.rate * 100.0))
+    }
+
+    /// Median over the pairs of the extra busy CPU per operation with the agent, in %.
+    fn cpu_overhead(&self) -> f64 {
+        median(self.pairs(|b, w| (w.cpu_us_per_op / b.cpu_us_per_op - 1.0) * 100.0))
+    }
+
+    fn pairs(&self, f: impl Fn(&Sample, &Sample) -> f64) -> Vec<f64> {
+        self.base
+            .iter()
+            .zip(&self.with)
+            .map(|(b, w)| f(b, w))
+            .collect()
+    }
+
+    fn median_of(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+        median(v.iter().map(f).collect())
     }
 
     fn line(&self) -> String {
+        let rate = |v: &[Sample]| Self::median_of(v, |s| s.rate);
+        let cpu = |v: &[Sample]| Self::median_of(v, |s| s.cpu_us_per_op);
         format!(
-            "{:<34} {:>14.0} {:>14.0} {:>9.1}% {:>14.1}  {}",
+            "{:<32} {:>9.0} {:>9.0} {:>8.1}% {:>8.2} {:>8.2} {:>8.1}% {:>7.1}  {}",
             self.name,
-            self.base,
-            self.with,
+            rate(&self.base),
+            rate(&self.with),
             self.overhead(),
+            cpu(&self.base),
+            cpu(&self.with),
+            self.cpu_overhead(),
             self.agent_cpu,
             self.unit
         )
     }
+
+    fn json(&self) -> serde_json::Value {
+        let runs = |v: &[Sample]| {
+            v.iter()
+                .map(|s| serde_json::json!({"rate": s.rate, "cpu_us_per_op": s.cpu_us_per_op}))
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "workload": self.name, "unit": self.unit,
+            "without": Self::median_of(&self.base, |s| s.rate),
+            "with": Self::median_of(&self.with, |s| s.rate),
+            "overhead_percent": self.overhead(),
+            "cpu_us_per_op_without": Self::median_of(&self.base, |s| s.cpu_us_per_op),
+            "cpu_us_per_op_with": Self::median_of(&self.with, |s| s.cpu_us_per_op),
+            "cpu_per_op_overhead_percent": self.cpu_overhead(),
+            "agent_cpu_percent": self.agent_cpu,
+            "runs_without": runs(&self.base), "runs_with": runs(&self.with),
+        })
+    }
 }
 
 /// Alternates baseline and agent runs of `work`; the agent's CPU is taken over its runs.
-fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> f64) -> Row {
+/// Without `agent`, the second run of each pair is a baseline too: the noise floor, what the
+/// same pairing measures when nothing differs.
+fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, agent: bool) -> Row {
     let (mut base, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         base.push(work());
+        if !agent {
+            with.push(work());
+            cpu.push(0.0);
+            continue;
+        }
         let agent = Agent::start();
         let (c0, t0) = (agent.cpu_seconds(), Instant::now());
         with.push(work());
@@ -392,8 +482,8 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> f64) -> Ro
     Row {
         name,
         unit,
-        base: median(base),
-        with: median(with),
+        base,
+        with,
         agent_cpu: median(cpu),
     }
 }
@@ -500,6 +590,69 @@ fn close_wait_scale(n: usize) -> (u64, u64, u64, f64) {
     (rss, peak, maps, idle_cpu)
 }
 
+/// The throughput table: every workload whose name holds one of the words in `only` (all
+/// when empty), with and without the agent, and the noise floor of the synthetic ones.
+fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row)>) {
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}  unit",
+        format!("workload ({ROUNDS} pairs, medians)"),
+        "without",
+        "with",
+        "overhead",
+        "µs/op",
+        "µs/op",
+        "CPU/op +",
+        "agent %"
+    );
+    let nginx = Nginx::start();
+    // (name, unit, workload, whether to measure its noise floor too)
+    let work: [(&'static str, &'static str, &dyn Fn() -> Sample, bool); 4] = [
+        (
+            "request/response, keep-alive",
+            "round trips/s",
+            &request_response,
+            true,
+        ),
+        ("connection storm", "connections/s", &connection_storm, true),
+        (
+            "wrk -> nginx, keep-alive",
+            "requests/s",
+            &|| nginx.wrk(true),
+            false,
+        ),
+        (
+            "wrk -> nginx, Connection: close",
+            "requests/s",
+            &|| nginx.wrk(false),
+            false,
+        ),
+    ];
+    let mut noise = Vec::new();
+    let rows = work
+        .into_iter()
+        .filter(|(name, _, _, _)| only.is_empty() || only.iter().any(|w| name.contains(w.as_str())))
+        .map(|(name, unit, f, floor)| {
+            let r = compare(name, unit, f, true);
+            println!("{}", r.line());
+            if floor {
+                let f = compare("  noise floor (no agent)", unit, f, false);
+                println!("{}", f.line());
+                noise.push((name, f));
+            }
+            if !only.is_empty() {
+                let pct = |v: Vec<f64>| v.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
+                println!(
+                    "  pairs: throughput {:?}, CPU/op {:?}",
+                    pct(r.pairs(|b, w| (b.rate - w.rate) / b.rate * 100.0)),
+                    pct(r.pairs(|b, w| (w.cpu_us_per_op / b.cpu_us_per_op - 1.0) * 100.0))
+                );
+            }
+            r
+        })
+        .collect();
+    (rows, noise)
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -509,40 +662,22 @@ fn main() {
         println!("overhead: skipped, needs root");
         return;
     }
-    println!(
-        "{:<34} {:>14} {:>14} {:>10} {:>14}  unit",
-        "workload (median of 5)", "without", "with observer", "overhead", "agent CPU %"
-    );
-    let nginx = Nginx::start();
-    let work: [(&'static str, &'static str, &dyn Fn() -> f64); 4] = [
-        (
-            "request/response, keep-alive",
-            "round trips/s",
-            &request_response,
-        ),
-        ("connection storm", "connections/s", &connection_storm),
-        ("wrk -> nginx, keep-alive", "requests/s", &|| {
-            nginx.wrk(true)
-        }),
-        ("wrk -> nginx, Connection: close", "requests/s", &|| {
-            nginx.wrk(false)
-        }),
-    ];
-    let rows: Vec<Row> = work
-        .into_iter()
-        .map(|(name, unit, f)| {
-            let r = compare(name, unit, f);
-            println!("{}", r.line());
-            r
-        })
+    // `cargo bench -p observer --bench overhead -- storm`: only the workloads whose name holds
+    // one of the words given, with each pair's figures, and nothing else.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
         .collect();
-    drop(nginx);
+    let (rows, noise) = throughput(&only);
+    if !only.is_empty() {
+        return;
+    }
 
     // Aborts at full speed: the agent must report every one.
     let mut rst = Vec::new();
     for _ in 0..ROUNDS {
         let agent = Agent::start();
-        let rate = aborts();
+        let rate = aborts().rate;
         thread::sleep(Duration::from_millis(1500));
         let reported = agent.metric_sum("observer_rst_on_close_total");
         let lost = agent.metric_sum("observer_events_lost_total");
@@ -553,12 +688,14 @@ fn main() {
     let (e_rss, e_peak, e_maps, e_idle, e_counted, e_ends) = established_scale(100_000);
 
     let mut t = String::new();
-    let json: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::json!({"workload": r.name, "unit": r.unit, "without": r.base, "with": r.with, "overhead_percent": r.overhead(), "agent_cpu_percent": r.agent_cpu}))
-        .collect();
+    let mut json: Vec<serde_json::Value> = rows.iter().map(Row::json).collect();
+    json.extend(noise.iter().map(|(name, r)| {
+        let mut v = r.json();
+        v["workload"] = serde_json::json!(format!("{name}: noise floor, no agent in either run"));
+        v
+    }));
     let storm = &rows[1];
-    let cpu_at_10k = storm.agent_cpu * 10_000.0 / storm.with;
+    let cpu_at_10k = storm.agent_cpu * 10_000.0 / Row::median_of(&storm.with, |s| s.rate);
     let _ = writeln!(
         t,
         "\nagent CPU at 10,000 new connections/s (scaled from the storm): {cpu_at_10k:.1}% of one core"
