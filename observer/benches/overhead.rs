@@ -499,7 +499,9 @@ fn established_scale(n: usize) -> (u64, u64, u64, f64, u64, usize) {
     let procs = in_netns(move || {
         let mut procs = Vec::new();
         for g in 0..groups {
-            let port = 20_000 + g;
+            // Below the namespace's ephemeral range (1024-65535), so no client's local port
+            // can take a listening port first.
+            let port = 900 + g;
             let server = format!(
                 "import resource, socket, sys\nresource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))\nl = socket.socket(); l.bind(('127.0.0.1', {port})); l.listen(4096)\nprint('listening', flush=True)\nheld = [l.accept()[0] for _ in range({PER})]\nprint('ok', flush=True)\nsys.stdin.read()\n"
             );
