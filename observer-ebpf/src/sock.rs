@@ -46,6 +46,18 @@ fn load<T>(at: *const u8) -> T {
     unsafe { core::ptr::read_volatile(at.cast::<T>()) }
 }
 
+/// 16 bytes at `at` from a BTF-typed pointer, as two 8-byte loads: an aggregate volatile load
+/// would go through the stack.
+#[inline(always)]
+fn load16(at: *const u8) -> [u8; 16] {
+    // SAFETY: pointer arithmetic only; the loads are as in `load`.
+    let (lo, hi): (u64, u64) = (load(at), load(unsafe { at.add(8) }));
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&lo.to_ne_bytes());
+    out[8..].copy_from_slice(&hi.to_ne_bytes());
+    out
+}
+
 impl<const BTF: bool> Sock<BTF> {
     /// The kernel address, used as the map key.
     #[inline(always)]
@@ -61,16 +73,12 @@ impl<const BTF: bool> Sock<BTF> {
         if BTF { Ok(load(at)) } else { probe(at) }
     }
 
-    /// Reads an IPv6 address (16 bytes) at `offset` bytes into `struct sock`, as two 8-byte
-    /// loads: an aggregate volatile load would go through the stack.
+    /// Reads an IPv6 address (16 bytes) at `offset` bytes into `struct sock`.
     #[inline(always)]
     pub(crate) fn read_addr6(self, offset: u32) -> Result<[u8; 16], i32> {
         if BTF {
-            let (lo, hi): (u64, u64) = (self.read(offset)?, self.read(offset + 8)?);
-            let mut out = [0; 16];
-            out[..8].copy_from_slice(&lo.to_ne_bytes());
-            out[8..].copy_from_slice(&hi.to_ne_bytes());
-            Ok(out)
+            // SAFETY: pointer arithmetic only.
+            Ok(load16(unsafe { self.0.add(offset as usize) }))
         } else {
             self.read(offset)
         }
@@ -239,12 +247,7 @@ pub(crate) fn current_owner<const BTF: bool>(pid: u32) -> (u32, [u8; 16], u64) {
         // SAFETY: pointer arithmetic only; offsets from BTF, loads checked by the verifier.
         unsafe {
             let leader: *const u8 = load(task.add(off!(task_group_leader) as usize));
-            let comm = leader.add(off!(task_comm) as usize);
-            let (lo, hi): (u64, u64) = (load(comm), load(comm.add(8)));
-            let mut out = [0; 16];
-            out[..8].copy_from_slice(&lo.to_ne_bytes());
-            out[8..].copy_from_slice(&hi.to_ne_bytes());
-            out
+            load16(leader.add(off!(task_comm) as usize))
         }
     } else {
         // SAFETY: no preconditions; returns the current `task_struct *` (not BTF-typed).
