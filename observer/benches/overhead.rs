@@ -401,15 +401,25 @@ struct Row {
     agent_cpu: f64,
 }
 
+/// Throughput lost in the run `w` against the run `b` before it, in %.
+fn rate_loss(b: &Sample, w: &Sample) -> f64 {
+    (b.rate - w.rate) / b.rate * 100.0
+}
+
+/// Extra busy CPU per operation in the run `w` against the run `b` before it, in %.
+fn cpu_gain(b: &Sample, w: &Sample) -> f64 {
+    (w.cpu_us_per_op / b.cpu_us_per_op - 1.0) * 100.0
+}
+
 impl Row {
     /// Median over the pairs of the throughput lost with the agent, in %.
     fn overhead(&self) -> f64 {
-        median(self.pairs(|b, w| (b.rate - w.rate) / b.rate * 100.0))
+        median(self.pairs(rate_loss))
     }
 
     /// Median over the pairs of the extra busy CPU per operation with the agent, in %.
     fn cpu_overhead(&self) -> f64 {
-        median(self.pairs(|b, w| (w.cpu_us_per_op / b.cpu_us_per_op - 1.0) * 100.0))
+        median(self.pairs(cpu_gain))
     }
 
     fn pairs(&self, f: impl Fn(&Sample, &Sample) -> f64) -> Vec<f64> {
@@ -645,8 +655,8 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row)>) {
                 let pct = |v: Vec<f64>| v.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
                 println!(
                     "  pairs: throughput {:?}, CPU/op {:?}",
-                    pct(r.pairs(|b, w| (b.rate - w.rate) / b.rate * 100.0)),
-                    pct(r.pairs(|b, w| (w.cpu_us_per_op / b.cpu_us_per_op - 1.0) * 100.0))
+                    pct(r.pairs(rate_loss)),
+                    pct(r.pairs(cpu_gain))
                 );
             }
             r
