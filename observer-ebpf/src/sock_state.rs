@@ -95,12 +95,24 @@ fn try_run<C: EbpfContext, const B: bool>(
     if !sk.is_tcp()? {
         return Ok(());
     }
-    // One lookup serves every step below (none for the two transitions that precede an entry).
-    let st = if matches!(new, tcp::SYN_SENT | tcp::LISTEN) {
-        None
-    } else {
+    // One lookup serves every step below, and only the steps that use it look: the entry does
+    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, and FIN_WAIT2 and CLOSING change
+    // nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
+    let uses_entry = matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
+        || matches!(
+            new,
+            tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
+        );
+    let st = if uses_entry {
         SOCKS.get_ptr_mut(sk.key())
+    } else {
+        None
     };
+    // Through the stack: otherwise the compiler, knowing the steps below run only where the
+    // lookup ran, reads the lookup's register on paths the verifier cannot rule out (it does
+    // not follow the bit test `matches!` compiles to) and the program is refused.
+    // SAFETY: a read of a local.
+    let st = unsafe { core::ptr::read_volatile(&raw const st) };
     if old == tcp::ESTABLISHED {
         flows::leave_established(ctx, st);
     }

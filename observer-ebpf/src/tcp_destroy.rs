@@ -50,6 +50,10 @@ fn run<C: EbpfContext>(ctx: &C, sk: u64) -> i32 {
         emit::event(ctx, &ev);
         let _ = PENDING.remove(sk);
     }
-    let _ = SOCKS.remove(sk);
+    // Usually gone already (`-> CLOSE` removed it): a lookup is lock-free, a delete is not.
+    // SAFETY: only tested for presence.
+    if unsafe { SOCKS.get(sk) }.is_some() {
+        let _ = SOCKS.remove(sk);
+    }
     0
 }
