@@ -38,9 +38,11 @@ pub mod maps {
     pub const FLOWS_MAX_ENTRIES: u32 = 16_384;
     /// Listening sockets' owners, to attribute the connections they accept.
     pub const LISTENERS: &str = "LISTENERS";
-    /// Owners of sockets that closed first (and so hold the TIME_WAIT), by tuple.
+    /// Owners of sockets that closed first (and so hold the TIME_WAIT), by tuple without the
+    /// ephemeral port.
     pub const CLOSERS: &str = "CLOSERS";
-    /// Capacity of [`CLOSERS`] (LRU: the oldest closers are forgotten first).
+    /// Capacity of [`CLOSERS`]: local address and peer endpoint pairs (LRU: the pairs not
+    /// closed on for longest are forgotten first).
     pub const CLOSERS_MAX_ENTRIES: u32 = 65_536;
 }
 

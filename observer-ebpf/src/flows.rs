@@ -165,7 +165,8 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
             netns: ends.netns,
             sport: ends.sport,
             dport: ends.dport,
-        };
+        }
+        .for_closer(st.role);
         let owner = Owner {
             cgroup_id: st.cgroup_id,
             comm: st.comm,
@@ -173,7 +174,13 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
             role: st.role,
             _pad: [0; 3],
         };
-        // LRU: the oldest closers (whose TIME_WAIT has long expired) go first.
+        // Mostly the same owner as the last connection to the same peer: a lookup, no insert
+        // (an LRU insert takes a free node, or evicts one, and frees the one it replaces).
+        // SAFETY: LRU entry, compared at once.
+        if unsafe { CLOSERS.get(key) }.is_some_and(|known| *known == owner) {
+            return Ok(());
+        }
+        // LRU: the closers not seen for the longest (whose TIME_WAIT has expired) go first.
         let _ = CLOSERS.insert(key, owner, 0);
     }
     Ok(())

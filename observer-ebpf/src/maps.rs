@@ -95,9 +95,11 @@ pub(crate) static FLOWS: HashMap<FlowKey, FlowStats> =
 #[map]
 pub(crate) static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
 
-/// Tuple -> owner of a socket that closed first, recorded at its hand-over to TIME_WAIT.
-/// Inserted: `flows::close`. Read: the agent, for each TIME_WAIT socket `sock_diag` lists.
-/// LRU: TIME_WAIT lasts 60 s, so only the oldest (expired) closers are evicted.
+/// Tuple without the ephemeral port (`TupleKey::for_closer`) -> owner of the sockets that
+/// closed first there, recorded at their hand-over to TIME_WAIT. Inserted: `flows::close`,
+/// only when the owner there changed. Read: the agent, for each TIME_WAIT socket `sock_diag`
+/// lists. LRU: the pairs no socket closed on for longest (their TIME_WAIT long expired) go
+/// first.
 #[map]
 pub(crate) static CLOSERS: LruHashMap<TupleKey, Owner> =
     LruHashMap::with_max_entries(CLOSERS_MAX_ENTRIES, 0);

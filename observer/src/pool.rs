@@ -10,7 +10,8 @@
 //!   that did not move for a whole interval (lookup-and-delete: a count that lands meanwhile
 //!   is returned with the entry, never lost);
 //! * lists every namespace's sockets with `sock_diag`: TIME_WAIT sockets, named by the owner
-//!   the programs recorded when the socket closed first (`CLOSERS`), and local ports in use per
+//!   the programs recorded when the socket closed first (`CLOSERS`, by tuple without the
+//!   ephemeral port, so any number of TIME_WAIT sockets is named), and local ports in use per
 //!   (source address, destination) against the namespace's `ip_local_port_range` — at most
 //!   once per scan and at most 5% of the time (the kernel walks every socket per namespace);
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
@@ -511,7 +512,10 @@ impl Monitor {
                 .collect();
         let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
         for s in listing.iter().flat_map(|ns| &ns.time_wait) {
-            let owner = closers.get(&tuple_key(s));
+            let owner = tuple_key(s)
+                .closer_candidates()
+                .iter()
+                .find_map(|k| closers.get(k));
             let labels = match owner {
                 Some(o) => {
                     let a = self.attribution(o.cgroup_id);
