@@ -201,7 +201,8 @@ pub struct CloseWaitEntry {
     pub cgroup_id: u64,
     /// `tcp_sock.bytes_received` at entry (final: nothing arrives after the FIN).
     pub bytes_received: u64,
-    /// Inode number of the socket's file (0 before `accept()`), to find an unknown owner.
+    /// Inode number of the socket's file, to find an unknown owner: read only when the owner
+    /// is unknown at entry (0 otherwise, and before `accept()`).
     pub inode: u64,
     /// Local address, network byte order.
     pub saddr: [u8; 16],

@@ -38,7 +38,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         last_read_ns: 0,
         cgroup_id: 0,
         bytes_received: sk.byte_counts()?.0,
-        inode: sk.inode()?,
+        inode: 0,
         saddr: ends.saddr,
         daddr: ends.daddr,
         comm: [0; 16],
@@ -64,6 +64,10 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         e.comm = st.comm;
         e.pid = st.pid;
         e.role = st.role;
+    }
+    if e.pid == 0 {
+        // The owner's file: a kernel read that is not BTF-typed, so only when needed.
+        e.inode = sk.inode()?;
     }
     if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
         emit::count(ctx, Stat::CloseWaitFull);
