@@ -31,19 +31,20 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     st: Option<*mut SockState>,
 ) -> Result<(), i32> {
     let ends = sk.endpoints()?;
+    let tcp = sk.tcp()?;
     let mut e = CloseWaitEntry {
         // Processing the peer's FIN.
-        entered_ns: sk.refreshed_now_ns(),
+        entered_ns: tcp.refreshed_now_ns(),
         established_ns: 0,
         last_read_ns: 0,
         cgroup_id: 0,
-        bytes_received: sk.byte_counts()?.0,
+        bytes_received: tcp.byte_counts()?.0,
         inode: 0,
         saddr: ends.saddr,
         daddr: ends.daddr,
         comm: [0; 16],
-        rcv_nxt: sk.read_tcp(off!(tcp_rcv_nxt))?,
-        copied_seq: sk.read_tcp(off!(tcp_copied_seq))?,
+        rcv_nxt: tcp.read(off!(tcp_rcv_nxt))?,
+        copied_seq: tcp.read(off!(tcp_copied_seq))?,
         netns: ends.netns,
         pid: 0,
         sport: ends.sport,
@@ -124,9 +125,10 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
         close_wait_ns: 0,
         last_read_ns: 0,
     };
-    (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
-    let copied: u32 = sk.read_tcp(off!(tcp_copied_seq))?;
-    let rcv_nxt: u32 = sk.read_tcp(off!(tcp_rcv_nxt))?;
+    let tcp = sk.tcp()?;
+    (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
+    let copied: u32 = tcp.read(off!(tcp_copied_seq))?;
+    let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;
     ev.unread_bytes = tcp::unread_bytes(rcv_nxt, copied, true);
     if let Some(e) = entry {
         ev.close_wait_ns = now.saturating_sub(e.entered_ns).max(1);

@@ -91,43 +91,37 @@ impl<const BTF: bool> Sock<BTF> {
         Ok(v.to_ne_bytes())
     }
 
-    /// Reads a `T` at `offset` bytes into `struct tcp_sock` (fields past `struct sock`,
-    /// `inet_sock`'s included).
+    /// The socket as a `struct tcp_sock`, for the fields past `struct sock` (`inet_sock`'s
+    /// included). BTF programs get a BTF-typed pointer from `bpf_skc_to_tcp_sock` (a helper
+    /// call: take it once where several fields are read); others read at the same address.
     #[inline(always)]
-    pub(crate) fn read_tcp<T>(self, offset: u32) -> Result<T, i32> {
+    pub(crate) fn tcp(self) -> Result<Tcp<BTF>, i32> {
         if BTF {
             // SAFETY: a BTF `struct sock *`, the helper's argument type; NULL if not TCP.
             let tp = unsafe { bpf_skc_to_tcp_sock(self.0.cast_mut().cast()) }.cast::<u8>();
             if tp.is_null() {
                 return Err(-1);
             }
-            // SAFETY: pointer arithmetic only.
-            Ok(load(unsafe { tp.cast_const().add(offset as usize) }))
+            Ok(Tcp(tp.cast_const()))
         } else {
-            // SAFETY: pointer arithmetic only; the read is checked.
-            probe(unsafe { self.0.add(offset as usize) })
+            Ok(Tcp(self.0))
         }
     }
 
-    /// Now, in `bpf_ktime_get_ns` nanoseconds, from the socket's own TCP clock where the stack
-    /// has just refreshed it: `tcp_sock.tcp_mstamp` holds microseconds of the same clock and is
-    /// refreshed before an incoming segment is processed (`tcp_rcv_state_process`,
-    /// `tcp_rcv_established`), by the retransmit timer, and after data is copied to the reader
-    /// (`tcp_rcv_space_adjust`). Call it only there: elsewhere it may be as old as the last
-    /// segment. A load instead of a clock read (about 170 ns on the development VM); the clock
-    /// where the field is absent or the pointer is not BTF-typed.
+    /// Reads one `T` at `offset` bytes into `struct tcp_sock` (see [`Self::tcp`]).
+    #[inline(always)]
+    pub(crate) fn read_tcp<T>(self, offset: u32) -> Result<T, i32> {
+        self.tcp()?.read(offset)
+    }
+
+    /// [`Tcp::refreshed_now_ns`], or the clock if the socket is not a `tcp_sock`.
     #[inline(always)]
     pub(crate) fn refreshed_now_ns(self) -> u64 {
-        let at = off!(tcp_mstamp);
-        if BTF
-            && at != ABSENT
-            && let Ok(us) = self.read_tcp::<u64>(at)
-            && us != 0
-        {
-            return us * 1000;
+        match self.tcp() {
+            Ok(tcp) => tcp.refreshed_now_ns(),
+            // SAFETY: no preconditions.
+            Err(_) => unsafe { bpf_ktime_get_ns() },
         }
-        // SAFETY: no preconditions.
-        unsafe { bpf_ktime_get_ns() }
     }
 
     /// Whether this is an IPv4 or IPv6 TCP socket; every hook filters on it first.
@@ -189,16 +183,51 @@ impl<const BTF: bool> Sock<BTF> {
         let at = unsafe { net.add(off!(net_inum) as usize) };
         if BTF { Ok(load(at)) } else { probe(at) }
     }
+}
+
+/// A TCP socket as a `struct tcp_sock *` ([`Sock::tcp`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Tcp<const BTF: bool>(*const u8);
+
+impl<const BTF: bool> Tcp<BTF> {
+    /// Reads a `T` at `offset` bytes into `struct tcp_sock`.
+    #[inline(always)]
+    pub(crate) fn read<T>(self, offset: u32) -> Result<T, i32> {
+        // SAFETY: pointer arithmetic only; the read is checked (or, BTF-typed, verified).
+        let at = unsafe { self.0.add(offset as usize) };
+        if BTF { Ok(load(at)) } else { probe(at) }
+    }
+
+    /// Now, in `bpf_ktime_get_ns` nanoseconds, from the socket's own TCP clock where the stack
+    /// has just refreshed it: `tcp_sock.tcp_mstamp` holds microseconds of the same clock and is
+    /// refreshed before an incoming segment is processed (`tcp_rcv_state_process`,
+    /// `tcp_rcv_established`), by the retransmit timer, and after data is copied to the reader
+    /// (`tcp_rcv_space_adjust`). Call it only there: elsewhere it may be as old as the last
+    /// segment. A load instead of a clock read (about 170 ns on the development VM); the clock
+    /// where the field is absent or the pointer is not BTF-typed.
+    #[inline(always)]
+    pub(crate) fn refreshed_now_ns(self) -> u64 {
+        let at = off!(tcp_mstamp);
+        if BTF
+            && at != ABSENT
+            && let Ok(us) = self.read::<u64>(at)
+            && us != 0
+        {
+            return us * 1000;
+        }
+        // SAFETY: no preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
 
     /// `tcp_sock.bytes_received` and `tcp_sock.bytes_sent` (or `UNKNOWN_BYTES`).
     #[inline(always)]
     pub(crate) fn byte_counts(self) -> Result<(u64, u64), i32> {
-        let received: u64 = self.read_tcp(off!(tcp_bytes_received))?;
+        let received: u64 = self.read(off!(tcp_bytes_received))?;
         let sent_off = off!(tcp_bytes_sent);
         let sent = if sent_off == ABSENT {
             observer_common::event::UNKNOWN_BYTES
         } else {
-            self.read_tcp(sent_off)?
+            self.read(sent_off)?
         };
         Ok((received, sent))
     }

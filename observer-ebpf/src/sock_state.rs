@@ -189,8 +189,9 @@ fn on_abort<C: EbpfContext, const B: bool>(
     if err != 0 || flags & (1 << off!(flag_dead)) != 0 || !tcp::abortable(old, sock_done) {
         return Ok(());
     }
-    let rcv_nxt: u32 = sk.read_tcp(off!(tcp_rcv_nxt))?;
-    let copied_seq: u32 = sk.read_tcp(off!(tcp_copied_seq))?;
+    let tcp = sk.tcp()?;
+    let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;
+    let copied_seq: u32 = tcp.read(off!(tcp_copied_seq))?;
     let fin = tcp::fin_received(old, sock_done);
     let unread = tcp::unread_bytes(rcv_nxt, copied_seq, fin);
     let kind = if unread > 0 {
@@ -238,7 +239,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
         ev.last_read_ns = st.last_read_ns;
         ev.role = st.role;
     }
-    (ev.bytes_received, ev.bytes_sent) = sk.byte_counts()?;
+    (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
     sk.endpoints()?.fill_event(&mut ev);
 
     let at_destroy = CONFIG
