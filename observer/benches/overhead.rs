@@ -665,6 +665,33 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row)>) {
     (rows, noise)
 }
 
+/// The two scale scenarios: their report lines and their JSON (50,000 in CLOSE_WAIT, 100,000
+/// established).
+fn scale() -> (String, serde_json::Value, serde_json::Value) {
+    let (rss, peak, maps, idle) = close_wait_scale(50_000);
+    let (e_rss, e_peak, e_maps, e_idle, e_counted, e_ends) = established_scale(100_000);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "50,000 sockets in CLOSE_WAIT: agent RSS {:.1} MiB (peak {:.1} MiB), kernel map memory {:.1} MiB, idle agent CPU {idle:.1}% of one core",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        maps as f64 / 1_048_576.0
+    );
+    let _ = writeln!(
+        t,
+        "100,000 established connections ({e_counted} ends counted of {e_ends}): agent RSS {:.1} MiB (peak {:.1} MiB), kernel map memory {:.1} MiB, idle agent CPU {e_idle:.1}% of one core",
+        e_rss as f64 / 1024.0,
+        e_peak as f64 / 1024.0,
+        e_maps as f64 / 1_048_576.0
+    );
+    (
+        t,
+        serde_json::json!({"rss_kib": rss, "peak_rss_kib": peak, "map_bytes": maps, "idle_cpu_percent": idle}),
+        serde_json::json!({"rss_kib": e_rss, "peak_rss_kib": e_peak, "map_bytes": e_maps, "idle_cpu_percent": e_idle, "ends_counted": e_counted}),
+    )
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -680,6 +707,11 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    // `-- scale`: only the 50,000 CLOSE_WAIT and 100,000 established scenarios.
+    if only.iter().any(|w| w == "scale") {
+        print!("{}", scale().0);
+        return;
+    }
     let (rows, noise) = throughput(&only);
     if !only.is_empty() {
         return;
@@ -696,8 +728,7 @@ fn main() {
         rst.push((rate, reported, lost, (rate * RUN.as_secs_f64()) as u64));
         agent.stop();
     }
-    let (rss, peak, maps, idle) = close_wait_scale(50_000);
-    let (e_rss, e_peak, e_maps, e_idle, e_counted, e_ends) = established_scale(100_000);
+    let (scale_text, close_wait_json, established_json) = scale();
 
     let mut t = String::new();
     let mut json: Vec<serde_json::Value> = rows.iter().map(Row::json).collect();
@@ -719,20 +750,7 @@ fn main() {
             RUN.as_secs()
         );
     }
-    let _ = writeln!(
-        t,
-        "50,000 sockets in CLOSE_WAIT: agent RSS {:.1} MiB (peak {:.1} MiB), kernel map memory {:.1} MiB, idle agent CPU {idle:.1}% of one core",
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0,
-        maps as f64 / 1_048_576.0
-    );
-    let _ = writeln!(
-        t,
-        "100,000 established connections ({e_counted} ends counted of {e_ends}): agent RSS {:.1} MiB (peak {:.1} MiB), kernel map memory {:.1} MiB, idle agent CPU {e_idle:.1}% of one core",
-        e_rss as f64 / 1024.0,
-        e_peak as f64 / 1024.0,
-        e_maps as f64 / 1_048_576.0
-    );
+    t.push_str(&scale_text);
     print!("{t}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -740,8 +758,8 @@ fn main() {
         "rounds": ROUNDS, "run_seconds": RUN.as_secs(), "workloads": json,
         "agent_cpu_percent_at_10k_connections_per_second": cpu_at_10k,
         "rst_on_close": rst.iter().map(|(rate, rep, lost, _)| serde_json::json!({"per_second": rate, "reported": rep, "lost": lost})).collect::<Vec<_>>(),
-        "close_wait_50k": {"rss_kib": rss, "peak_rss_kib": peak, "map_bytes": maps, "idle_cpu_percent": idle},
-        "established_100k": {"rss_kib": e_rss, "peak_rss_kib": e_peak, "map_bytes": e_maps, "idle_cpu_percent": e_idle, "ends_counted": e_counted},
+        "close_wait_50k": close_wait_json,
+        "established_100k": established_json,
     });
     std::fs::write(
         out.join("overhead.json"),
