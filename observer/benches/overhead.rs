@@ -479,6 +479,8 @@ struct Row {
     base: Vec<Sample>,
     with: Vec<Sample>,
     agent_cpu: f64,
+    /// The agent's highest peak RSS over its runs, in MiB (0 without the agent).
+    agent_peak_mib: f64,
 }
 
 /// Throughput lost in the run `w` against the run `b` before it, in %.
@@ -518,7 +520,7 @@ impl Row {
         let rate = |v: &[Sample]| Self::median_of(v, |s| s.rate);
         let cpu = |v: &[Sample]| Self::median_of(v, |s| s.cpu_us_per_op);
         format!(
-            "{:<32} {:>9.0} {:>9.0} {:>8.1}% {:>8.2} {:>8.2} {:>8.1}% {:>7.1}  {}",
+            "{:<32} {:>9.0} {:>9.0} {:>8.1}% {:>8.2} {:>8.2} {:>8.1}% {:>7.1} {:>7.1}  {}",
             self.name,
             rate(&self.base),
             rate(&self.with),
@@ -527,6 +529,7 @@ impl Row {
             cpu(&self.with),
             self.cpu_overhead(),
             self.agent_cpu,
+            self.agent_peak_mib,
             self.unit
         )
     }
@@ -546,6 +549,7 @@ impl Row {
             "cpu_us_per_op_with": Self::median_of(&self.with, |s| s.cpu_us_per_op),
             "cpu_per_op_overhead_percent": self.cpu_overhead(),
             "agent_cpu_percent": self.agent_cpu,
+            "agent_peak_rss_mib": self.agent_peak_mib,
             "runs_without": runs(&self.base), "runs_with": runs(&self.with),
         })
     }
@@ -556,6 +560,7 @@ impl Row {
 /// same pairing measures when nothing differs.
 fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, agent: bool) -> Row {
     let (mut base, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peak_kib = 0;
     for _ in 0..ROUNDS {
         base.push(work());
         if !agent {
@@ -567,6 +572,7 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, ag
         let (c0, t0) = (agent.cpu_seconds(), Instant::now());
         with.push(work());
         cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+        peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
         agent.stop();
     }
     Row {
@@ -575,6 +581,7 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, ag
         base,
         with,
         agent_cpu: median(cpu),
+        agent_peak_mib: peak_kib as f64 / 1024.0,
     }
 }
 
@@ -687,7 +694,7 @@ fn close_wait_scale(n: usize) -> (u64, u64, u64, f64) {
 /// the kernel time in observer's programs.
 fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row, KernelTime)>) {
     println!(
-        "{:<32} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7}  unit",
+        "{:<32} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}  unit",
         format!("workload ({ROUNDS} pairs, medians)"),
         "without",
         "with",
@@ -695,7 +702,8 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row, KernelTime)
         "µs/op",
         "µs/op",
         "CPU/op +",
-        "agent %"
+        "agent %",
+        "agt MiB"
     );
     let nginx = Nginx::start();
     // (name, unit, workload, whether to measure its noise floor too)
