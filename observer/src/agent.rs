@@ -319,10 +319,7 @@ impl Drops {
                 );
             }
         }
-        let user = [
-            ("channel_full", counters.channel_full.load(Relaxed)),
-            ("decode_error", counters.decode_errors.load(Relaxed)),
-        ];
+        let user = [("decode_error", counters.decode_errors.load(Relaxed))];
         let mut s = status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

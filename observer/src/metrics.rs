@@ -241,7 +241,7 @@ where
 /// Where events were lost.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LostLabels {
-    /// `ringbuf_full_<kind>`, `map_full_<map>`, `channel_full`, `decode_error`, `store_error`.
+    /// `ringbuf_full_<kind>`, `<map>_map_full`, `decode_error`, `store_error`.
     pub source: String,
 }
 
@@ -253,7 +253,6 @@ pub const LOSS_SOURCES: &[&str] = &[
     "pending_map_full",
     "socks_map_full",
     "close_wait_map_full",
-    "channel_full",
     "decode_error",
     "store_error",
 ];

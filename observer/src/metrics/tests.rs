@@ -84,7 +84,7 @@ fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
 fn prometheus_text_names_counters_and_info_by_their_samples() {
     let mut r = registry();
     let m = SelfMetrics::register(&mut r);
-    m.lost("channel_full", 3);
+    m.lost("decode_error", 3);
     let text = encode_prometheus(&r);
     assert!(
         text.lines()
@@ -93,7 +93,7 @@ fn prometheus_text_names_counters_and_info_by_their_samples() {
     );
     assert!(
         text.lines()
-            .any(|l| l == r#"observer_events_lost_total{source="channel_full"} 3"#),
+            .any(|l| l == r#"observer_events_lost_total{source="decode_error"} 3"#),
         "{text}"
     );
     assert!(

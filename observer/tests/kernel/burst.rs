@@ -1,5 +1,5 @@
 //! A burst of aborts: the agent reports exactly as many as the kernel counted, each blamed on
-//! the process that closed.
+//! the process that closed; and a burst while the agent is stopped is kept by the ring buffer.
 
 use std::{
     io::Write as _,
@@ -7,20 +7,21 @@ use std::{
     time::Duration,
 };
 
-use super::support::{Agent, in_netns, require_bpf, tcp_ext, wait_queued};
+use super::support::{Agent, in_netns, require_bpf, sample, scrape, tcp_ext, wait_queued};
 
 const ABORTS: usize = 2000;
 
-#[test]
-fn every_abort_the_kernel_counts_is_reported_once() {
-    if !require_bpf() {
-        return;
-    }
-    let agent = Agent::start(&[]);
-    let (ns, kernel_count) = in_netns(|ns| {
+/// More events than the agent's channel to its writers holds (16,384), fewer than its 4 MiB
+/// ring buffer does (about 27,000, with room for what the tests running alongside emit).
+const HELD: usize = 18_000;
+
+/// `n` connections, each closed by its server with the client's request unread (one
+/// RST-on-close each). Returns the namespace and the kernel's count of the aborts.
+fn aborts(n: usize) -> (u64, u64) {
+    in_netns(move |ns| {
         let before = tcp_ext("TCPAbortOnClose");
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..ABORTS {
+        for _ in 0..n {
             let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (s, _) = l.accept().unwrap();
             c.write_all(b"unread request").unwrap();
@@ -29,7 +30,16 @@ fn every_abort_the_kernel_counts_is_reported_once() {
             drop(c);
         }
         (ns, tcp_ext("TCPAbortOnClose") - before)
-    });
+    })
+}
+
+#[test]
+fn every_abort_the_kernel_counts_is_reported_once() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let (ns, kernel_count) = aborts(ABORTS);
     assert_eq!(
         kernel_count, ABORTS as u64,
         "the scenario itself must abort every connection"
@@ -72,4 +82,35 @@ fn every_abort_the_kernel_counts_is_reported_once() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), ABORTS, "one event per connection");
+}
+
+/// The agent held up (stopped here; on a node, starved of CPU or waiting on a slow disk) while
+/// the aborts keep coming: the ring buffer holds them, and once the agent runs again every one
+/// is reported, none counted lost. (The reader used to drain the ring into its channel and drop
+/// what did not fit there.)
+#[test]
+fn a_burst_while_the_agent_is_stopped_is_kept_in_the_ring_buffer() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    agent.pause();
+    let (ns, kernel_count) = aborts(HELD);
+    agent.resume();
+    assert_eq!(
+        kernel_count, HELD as u64,
+        "the scenario itself must abort every connection"
+    );
+    let evs = agent.events(ns, HELD, Duration::from_secs(30), Duration::from_secs(1));
+    let rst = evs.iter().filter(|e| e["kind"] == "rst_on_close").count();
+    assert_eq!(rst as u64, kernel_count, "every abort is reported");
+    let text = scrape(&agent.url);
+    let lost: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("observer_events_lost_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        sample(&text, "observer_events_lost_total", &[]).is_some() && lost.is_empty(),
+        "nothing lost: {lost:?}\n{text}"
+    );
 }

@@ -339,6 +339,21 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// Stops the agent's process (SIGSTOP): the programs keep running in the kernel, nothing
+    /// reads what they write.
+    pub(crate) fn pause(&self) {
+        // SAFETY: signalling our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub(crate) fn resume(&self) {
+        // SAFETY: signalling our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        assert_eq!(rc, 0);
+    }
+
     /// Sends SIGTERM and waits; returns the exit status and everything it logged.
     pub(crate) fn stop(mut self) -> (ExitStatus, String) {
         let status = self.terminate();
