@@ -397,6 +397,25 @@ fn aborts() -> Sample {
     })
 }
 
+/// Drives the loss counter: aborts at full speed for `RUN` with the agent stopped (SIGSTOP),
+/// so nothing drains the ring buffer. Returns the aborts, the events reported once the agent
+/// resumed, and the events it counted lost: every abort must be one or the other.
+fn stalled_reader() -> (u64, u64, u64) {
+    let agent = Agent::start();
+    let pid = agent.child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let aborts = aborts().ops as u64;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The ring is drained at once; the drop counters are exported every second.
+    thread::sleep(Duration::from_millis(2500));
+    let reported = agent.metric_sum("observer_rst_on_close_total");
+    let lost = agent.metric_sum("observer_events_lost_total");
+    agent.stop();
+    (aborts, reported, lost)
+}
+
 /// nginx on loopback serving a 1 KiB file (one worker, no access log); stopped on drop.
 struct Nginx {
     child: Child,
@@ -756,6 +775,40 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row, KernelTime)
     (rows, noise)
 }
 
+/// Aborts at full speed, `ROUNDS` times: the agent must report every one. Then the same with
+/// the agent stopped ([`stalled_reader`]), until the loss counter moves. Report lines and
+/// JSON of both.
+fn rst_on_close() -> (String, serde_json::Value, serde_json::Value) {
+    let mut t = String::new();
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let agent = Agent::start();
+        let rate = aborts().rate;
+        thread::sleep(Duration::from_millis(1500));
+        let reported = agent.metric_sum("observer_rst_on_close_total");
+        let lost = agent.metric_sum("observer_events_lost_total");
+        agent.stop();
+        let _ = writeln!(
+            t,
+            "RST-on-close at {rate:.0}/s for {}s: {reported} reported, {lost} lost",
+            RUN.as_secs()
+        );
+        rounds.push(serde_json::json!({"per_second": rate, "reported": reported, "lost": lost}));
+    }
+    let (aborts, reported, lost) = stalled_reader();
+    let _ = writeln!(
+        t,
+        "RST-on-close with the agent stopped (SIGSTOP) for {}s: {aborts} aborts, {reported} reported once it resumed (what the ring buffer held), {lost} counted in observer_events_lost_total, {} unaccounted",
+        RUN.as_secs(),
+        i128::from(aborts) - i128::from(reported) - i128::from(lost)
+    );
+    (
+        t,
+        serde_json::Value::Array(rounds),
+        serde_json::json!({"aborts": aborts, "reported": reported, "lost": lost}),
+    )
+}
+
 /// The two scale scenarios: their report lines and their JSON (50,000 in CLOSE_WAIT, 100,000
 /// established).
 fn scale() -> (String, serde_json::Value, serde_json::Value) {
@@ -798,9 +851,14 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    // `-- scale`: only the 50,000 CLOSE_WAIT and 100,000 established scenarios.
+    // `-- scale`: only the 50,000 CLOSE_WAIT and 100,000 established scenarios; `-- rst`:
+    // only the abort rates and the stopped reader.
     if only.iter().any(|w| w == "scale") {
         print!("{}", scale().0);
+        return;
+    }
+    if only.iter().any(|w| w == "rst") {
+        print!("{}", rst_on_close().0);
         return;
     }
     let (rows, noise) = throughput(&only);
@@ -808,17 +866,7 @@ fn main() {
         return;
     }
 
-    // Aborts at full speed: the agent must report every one.
-    let mut rst = Vec::new();
-    for _ in 0..ROUNDS {
-        let agent = Agent::start();
-        let rate = aborts().rate;
-        thread::sleep(Duration::from_millis(1500));
-        let reported = agent.metric_sum("observer_rst_on_close_total");
-        let lost = agent.metric_sum("observer_events_lost_total");
-        rst.push((rate, reported, lost, (rate * RUN.as_secs_f64()) as u64));
-        agent.stop();
-    }
+    let (rst_text, rst_json, stalled_json) = rst_on_close();
     let (scale_text, close_wait_json, established_json) = scale();
 
     let mut t = String::new();
@@ -834,13 +882,7 @@ fn main() {
         t,
         "\nagent CPU at 10,000 new connections/s (scaled from the storm): {cpu_at_10k:.1}% of one core"
     );
-    for (rate, reported, lost, _) in &rst {
-        let _ = writeln!(
-            t,
-            "RST-on-close at {rate:.0}/s for {}s: {reported} reported, {lost} lost",
-            RUN.as_secs()
-        );
-    }
+    t.push_str(&rst_text);
     t.push_str(&scale_text);
     print!("{t}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -848,8 +890,9 @@ fn main() {
     let report = serde_json::json!({
         "rounds": ROUNDS, "run_seconds": RUN.as_secs(), "workloads": json,
         "agent_cpu_percent_at_10k_connections_per_second": cpu_at_10k,
-        "rst_on_close": rst.iter().map(|(rate, rep, lost, _)| serde_json::json!({"per_second": rate, "reported": rep, "lost": lost})).collect::<Vec<_>>(),
+        "rst_on_close": rst_json,
         "kernel_time_in_programs": noise.iter().map(|(name, _, k)| serde_json::json!({"workload": name, "time": k.json()})).collect::<Vec<_>>(),
+        "rst_on_close_reader_stopped": stalled_json,
         "close_wait_50k": close_wait_json,
         "established_100k": established_json,
     });
