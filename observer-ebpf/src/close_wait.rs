@@ -30,8 +30,8 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     sk: Sock<B>,
     st: Option<*mut SockState>,
 ) -> Result<(), i32> {
-    let ends = sk.endpoints()?;
     let tcp = sk.tcp()?;
+    let ends = sk.endpoints(tcp)?;
     let mut e = CloseWaitEntry {
         // Processing the peer's FIN.
         entered_ns: tcp.refreshed_now_ns(),
@@ -100,7 +100,8 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let ends = sk.endpoints()?;
+    let tcp = sk.tcp()?;
+    let ends = sk.endpoints(tcp)?;
     let mut ev = RawEvent {
         ts_ns: now,
         sk: key,
@@ -125,7 +126,6 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
         close_wait_ns: 0,
         last_read_ns: 0,
     };
-    let tcp = sk.tcp()?;
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
     let copied: u32 = tcp.read(off!(tcp_copied_seq))?;
     let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;

@@ -133,6 +133,7 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
     };
     // SAFETY: LRU entry pointer, valid for this program run.
     let st = unsafe { &*st };
+    let tcp = sk.tcp()?;
     if st.flags & SOCK_COUNTED != 0 {
         // From LAST_ACK and CLOSING, and from FIN_WAIT2 once the peer's FIN came (SOCK_DONE),
         // only a received segment or the retransmit timer moves on; other closes may be the
@@ -140,7 +141,7 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
         let fin_wait2_done =
             old == tcp::FIN_WAIT2 && sk.read::<u64>(off!(sk_flags))? & (1 << off!(flag_done)) != 0;
         let now = if old == tcp::LAST_ACK || old == tcp::CLOSING || fin_wait2_done {
-            sk.refreshed_now_ns()
+            tcp.refreshed_now_ns()
         } else {
             // SAFETY: no preconditions.
             unsafe { bpf_ktime_get_ns() }
@@ -158,7 +159,7 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
         }
     }
     if (old == tcp::FIN_WAIT2 || old == tcp::CLOSING) && st.pid != 0 {
-        let ends = sk.endpoints()?;
+        let ends = sk.endpoints(tcp)?;
         let key = TupleKey {
             saddr: ends.saddr,
             daddr: ends.daddr,

@@ -138,9 +138,10 @@ impl<const BTF: bool> Sock<BTF> {
         Ok(protocol == IPPROTO_TCP)
     }
 
-    /// Addresses, ports, family and network namespace.
+    /// Addresses, ports, family and network namespace; `tcp` is this socket's [`Self::tcp`],
+    /// which callers have at hand already.
     #[inline(always)]
-    pub(crate) fn endpoints(self) -> Result<Endpoints, i32> {
+    pub(crate) fn endpoints(self, tcp: Tcp<BTF>) -> Result<Endpoints, i32> {
         let family: u16 = self.read(off!(skc_family))?;
         let mut e = Endpoints {
             saddr: [0; 16],
@@ -148,7 +149,7 @@ impl<const BTF: bool> Sock<BTF> {
             netns: self.netns()?,
             // At `-> CLOSE` the socket is already unhashed and `skc_num` reads 0: take the
             // local port from `inet_sport`.
-            sport: u16::from_be(self.read_tcp(off!(inet_sport))?),
+            sport: u16::from_be(tcp.read(off!(inet_sport))?),
             dport: u16::from_be(self.read(off!(skc_dport))?),
             family,
         };

@@ -240,7 +240,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
         ev.role = st.role;
     }
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
-    sk.endpoints()?.fill_event(&mut ev);
+    sk.endpoints(tcp)?.fill_event(&mut ev);
 
     let at_destroy = CONFIG
         .get(Config::FLAGS)
