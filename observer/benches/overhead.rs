@@ -120,6 +120,14 @@ impl Agent {
             .sum()
     }
 
+    /// `rst_on_close` events reported, and events counted lost.
+    fn aborts_reported_and_lost(&self) -> (u64, u64) {
+        (
+            self.metric_sum("observer_rst_on_close_total"),
+            self.metric_sum("observer_events_lost_total"),
+        )
+    }
+
     fn metric_sum(&self, prefix: &str) -> u64 {
         let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
         let text = agent
@@ -420,8 +428,7 @@ fn stalled_reader() -> (u64, u64, u64) {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // The ring is drained at once; the drop counters are exported every second.
     thread::sleep(Duration::from_millis(2500));
-    let reported = agent.metric_sum("observer_rst_on_close_total");
-    let lost = agent.metric_sum("observer_events_lost_total");
+    let (reported, lost) = agent.aborts_reported_and_lost();
     agent.stop();
     (aborts, reported, lost)
 }
@@ -795,8 +802,7 @@ fn rst_on_close() -> (String, serde_json::Value, serde_json::Value) {
         let agent = Agent::start();
         let rate = aborts().rate;
         thread::sleep(Duration::from_millis(1500));
-        let reported = agent.metric_sum("observer_rst_on_close_total");
-        let lost = agent.metric_sum("observer_events_lost_total");
+        let (reported, lost) = agent.aborts_reported_and_lost();
         agent.stop();
         let _ = writeln!(
             t,
