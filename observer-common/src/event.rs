@@ -103,21 +103,28 @@ pub struct SockState {
     pub pid: u32,
     /// [`Role`] as `u8`.
     pub role: u8,
-    /// [`SOCK_IN_CLOSE_WAIT`], [`SOCK_COUNTED`].
+    /// [`SOCK_IN_CLOSE_WAIT`], [`SOCK_COUNTED`], [`SOCK_CW_TRACKED`].
     pub flags: u8,
     /// Explicit padding.
     pub _pad: [u8; 2],
     /// Where the connection was counted as opened (valid with [`SOCK_COUNTED`]), so its close
     /// is counted in the same `FLOWS` entry whoever owns the socket by then.
     pub flow: crate::flow::FlowKey,
+    /// CLOCK_MONOTONIC time of `-> CLOSE_WAIT` (valid with [`SOCK_IN_CLOSE_WAIT`]): the entry
+    /// time a `CLOSE_WAIT` map entry gets when the socket is promoted there.
+    pub close_wait_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 96);
+const _: () = assert!(core::mem::size_of::<SockState>() == 104);
 
 /// `SockState::flags`: the socket is in CLOSE_WAIT (set on entry, cleared on exit), so the
 /// read hook knows without reading `skc_state` (a `bpf_probe_read_kernel` per read).
 pub const SOCK_IN_CLOSE_WAIT: u8 = 1;
 /// `SockState::flags`: the connection was counted as opened in `FLOWS` under `SockState::flow`.
 pub const SOCK_COUNTED: u8 = 2;
+/// `SockState::flags`: the socket has a `CLOSE_WAIT` map entry (inserted on entry, or by the
+/// promotion iterator for a socket still in CLOSE_WAIT), so leaving CLOSE_WAIT deletes it.
+/// In CLOSE_WAIT without it, the socket left before any promotion: there is nothing to delete.
+pub const SOCK_CW_TRACKED: u8 = 4;
 
 /// Indexes into the per-CPU `STATS` array. Every drop has one.
 #[repr(u32)]
@@ -139,11 +146,15 @@ pub enum Stat {
     CloseWaitFull = 6,
     /// Connections counted under `FlowKey::OTHER` because `FLOWS` was full.
     FlowsFull = 7,
+    /// Sockets that left CLOSE_WAIT over a minute after entering it without ever getting a
+    /// `CLOSE_WAIT` entry: the promotion never reached them (their network namespace had no
+    /// task for the agent to enter), so no leak could be reported.
+    CloseWaitUnpromoted = 8,
 }
 
 impl Stat {
     /// Number of counters in `STATS`.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::LostRstOnClose,
@@ -154,6 +165,7 @@ impl Stat {
         Self::LostCloseWaitResolved,
         Self::CloseWaitFull,
         Self::FlowsFull,
+        Self::CloseWaitUnpromoted,
     ];
 
     /// The ring-buffer drop counter for events of `kind`.
@@ -179,6 +191,10 @@ impl Config {
     /// destroyed, so the RST reason traced in between can be added. Without it, emit at the
     /// state change.
     pub const EMIT_AT_DESTROY: u32 = 1;
+    /// Flag: the agent runs the `iter/tcp` promotion every scan: `-> CLOSE_WAIT` only records
+    /// the entry time in `SOCKS`, and the iterator inserts `CLOSE_WAIT` entries for the sockets
+    /// still there. Without it, every socket gets its entry on `-> CLOSE_WAIT`.
+    pub const PROMOTE_CLOSE_WAIT: u32 = 2;
 }
 
 /// `CloseWaitEntry::flags`: userspace reported the leak; leaving CLOSE_WAIT emits

@@ -4,26 +4,43 @@
 //! CLOSE_WAIT emits `close_wait_resolved` for exactly those (and for sockets that were in
 //! CLOSE_WAIT before the programs were attached, which the agent found at start-up).
 //!
+//! Most sockets spend microseconds in CLOSE_WAIT (the owner reads EOF and closes). Where the
+//! kernel offers TCP iterators, entering records only the time in the socket's `SOCKS` entry,
+//! and the agent runs [`promote`] before each scan: the sockets still in CLOSE_WAIT then get
+//! their map entry, with that time. A map insert and delete per connection the peer closes
+//! first become a flag and a time written into an entry the program has at hand.
+//!
 //! `-> CLOSE_WAIT` runs in softirq (or the peer's task on loopback): the owner is copied from
 //! `SOCKS`, recorded earlier in process context, never taken from the current task.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    EbpfContext,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
+    programs::BtfTracePointContext,
+};
 use observer_common::{
     event::{
-        CW_REPORTED, CloseWaitEntry, Kind, NO_RST_REASON, RawEvent, Role, SOCK_IN_CLOSE_WAIT,
-        SockState, Stat,
+        CW_REPORTED, CloseWaitEntry, Config, Kind, NO_RST_REASON, RawEvent, Role, SOCK_CW_TRACKED,
+        SOCK_IN_CLOSE_WAIT, SockState, Stat,
     },
     tcp,
 };
 
 use crate::{
     emit,
-    maps::CLOSE_WAIT,
+    maps::{CLOSE_WAIT, CONFIG, SOCKS},
     off,
-    sock::{Sock, current_owner, current_pid},
+    sock::{Sock, Tcp, current_owner, current_pid},
 };
 
-/// `ESTABLISHED -> CLOSE_WAIT`: records the entry. (Not inlined: see `sock_state::on_abort`.)
+/// A socket that leaves CLOSE_WAIT unpromoted after this long was missed by every scan (they
+/// run every few seconds at most): counted as `CloseWaitUnpromoted`.
+const UNPROMOTED_AFTER_NS: u64 = 60_000_000_000;
+
+/// `ESTABLISHED -> CLOSE_WAIT`: records the entry time in the socket's `SOCKS` entry when the
+/// agent promotes (see [`promote`]), else inserts the `CLOSE_WAIT` entry at once. (Not
+/// inlined: see `sock_state::on_abort`.)
 #[inline(never)]
 pub(crate) fn enter<C: EbpfContext, const B: bool>(
     ctx: &C,
@@ -31,14 +48,45 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     st: Option<*mut SockState>,
 ) -> Result<(), i32> {
     let tcp = sk.tcp()?;
+    // Processing the peer's FIN.
+    let now = tcp.refreshed_now_ns();
+    let promoted = CONFIG
+        .get(Config::FLAGS)
+        .is_some_and(|f| f & Config::PROMOTE_CLOSE_WAIT != 0);
+    if let Some(st) = st {
+        // SAFETY: LRU entry pointer, valid for this program run.
+        let st = unsafe { &mut *st };
+        st.flags |= SOCK_IN_CLOSE_WAIT;
+        st.close_wait_ns = now;
+        if promoted {
+            // Nearly every socket leaves CLOSE_WAIT microseconds later (its owner closes on
+            // reading EOF): those that stay get their entry from the next scan's promotion.
+            return Ok(());
+        }
+        st.flags |= SOCK_CW_TRACKED;
+    }
+    let e = entry(sk, tcp, st, now)?;
+    if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
+        emit::count(ctx, Stat::CloseWaitFull);
+    }
+    Ok(())
+}
+
+/// The `CLOSE_WAIT` entry of `sk`, entered at `entered_ns`, with what `st` knows.
+#[inline(always)]
+fn entry<const B: bool>(
+    sk: Sock<B>,
+    tcp: Tcp<B>,
+    st: Option<*mut SockState>,
+    entered_ns: u64,
+) -> Result<CloseWaitEntry, i32> {
     let ends = sk.endpoints(tcp)?;
     let mut e = CloseWaitEntry {
-        // Processing the peer's FIN.
-        entered_ns: tcp.refreshed_now_ns(),
+        entered_ns,
         established_ns: 0,
         last_read_ns: 0,
         cgroup_id: 0,
-        bytes_received: tcp.byte_counts()?.0,
+        bytes_received: tcp.read(off!(tcp_bytes_received))?,
         inode: 0,
         saddr: ends.saddr,
         daddr: ends.daddr,
@@ -55,10 +103,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     };
     if let Some(st) = st {
         // SAFETY: LRU entry pointer, valid for this program run.
-        let st = unsafe {
-            (*st).flags |= SOCK_IN_CLOSE_WAIT;
-            &*st
-        };
+        let st = unsafe { &*st };
         e.established_ns = st.established_ns;
         e.last_read_ns = st.last_read_ns;
         e.cgroup_id = st.cgroup_id;
@@ -70,10 +115,59 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         // The owner's file: a kernel read that is not BTF-typed, so only when needed.
         e.inode = sk.inode()?;
     }
-    if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
-        emit::count(ctx, Stat::CloseWaitFull);
+    Ok(e)
+}
+
+/// `iter/tcp`, run by the agent before each scan in every network namespace (an iterator
+/// walks the namespace of the task that reads it): gives each socket still in CLOSE_WAIT that
+/// has none yet its `CLOSE_WAIT` entry, with the entry time `enter` recorded. The kernel holds
+/// the socket's lock while the program runs (`bpf_iter_tcp_seq_show`, 5.15+), so the socket
+/// cannot leave CLOSE_WAIT meanwhile.
+/// <https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp_ipv4.c>
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
+    // `struct bpf_iter__tcp { meta; sock_common *sk_common; uid }`: the same u64-slot layout
+    // as a BTF tracepoint's arguments.
+    let ctx = BtfTracePointContext::new(ctx);
+    let skc: *const u8 = ctx.arg(1);
+    if skc.is_null() {
+        return 0;
     }
-    Ok(())
+    // SAFETY: a BTF `sock_common *`, the helper's argument type; NULL unless a full TCP socket
+    // (TIME_WAIT and request sockets are skipped).
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc.cast_mut().cast()) }.cast::<u8>();
+    if tp.is_null() {
+        return 0;
+    }
+    // The `tcp_sock` begins with its `struct sock`: the same address, BTF-typed to the end.
+    let sk = Sock::<true>(tp.cast_const());
+    if !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) == tcp::CLOSE_WAIT) {
+        return 0;
+    }
+    let Some(st) = SOCKS.get_ptr_mut(sk.key()) else {
+        // Entered CLOSE_WAIT before the programs ran (the agent lists those at start-up) or
+        // was inserted at entry.
+        return 0;
+    };
+    // SAFETY: LRU entry pointer, valid for this program run.
+    let flags = unsafe { (*st).flags };
+    if flags & SOCK_IN_CLOSE_WAIT == 0 || flags & SOCK_CW_TRACKED != 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    let entered = unsafe { (*st).close_wait_ns };
+    let Ok(e) = sk.tcp().and_then(|tcp| entry(sk, tcp, Some(st), entered)) else {
+        emit::count(&ctx, Stat::ReadFailed);
+        return 0;
+    };
+    if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
+        emit::count(&ctx, Stat::CloseWaitFull);
+    }
+    // Tracked even when the insert failed: counted once, and leaving looks the entry up.
+    // SAFETY: as above.
+    unsafe { (*st).flags |= SOCK_CW_TRACKED };
+    0
 }
 
 /// `CLOSE_WAIT -> LAST_ACK | CLOSE`: forgets the entry, and reports the end of a reported leak
@@ -86,13 +180,24 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
     new: i32,
 ) -> Result<(), i32> {
     let key = sk.key();
+    if let Some(st) = st {
+        // SAFETY: LRU entry pointer, valid for this program run.
+        let st = unsafe { &mut *st };
+        let flags = st.flags;
+        st.flags &= !(SOCK_IN_CLOSE_WAIT | SOCK_CW_TRACKED);
+        if flags & SOCK_IN_CLOSE_WAIT != 0 && flags & SOCK_CW_TRACKED == 0 {
+            // Never promoted: no entry to delete, no leak was reported.
+            // SAFETY: no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if now.saturating_sub(st.close_wait_ns) > UNPROMOTED_AFTER_NS {
+                emit::count(ctx, Stat::CloseWaitUnpromoted);
+            }
+            return Ok(());
+        }
+    }
     // SAFETY: entry copied out before it is removed.
     let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
     let _ = CLOSE_WAIT.remove(key);
-    if let Some(st) = st {
-        // SAFETY: LRU entry pointer, valid for this program run.
-        unsafe { (*st).flags &= !SOCK_IN_CLOSE_WAIT };
-    }
     if let Some(e) = entry
         && e.flags & CW_REPORTED == 0
     {

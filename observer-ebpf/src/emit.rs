@@ -51,6 +51,9 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
             Stat::LostCloseWaitResolved => "ring buffer full, close_wait_resolved events lost",
             Stat::CloseWaitFull => "CLOSE_WAIT map full, sockets untracked",
             Stat::FlowsFull => "FLOWS map full, connections counted under other",
+            Stat::CloseWaitUnpromoted => {
+                "socket left CLOSE_WAIT after a minute never promoted (namespace not entered)"
+            }
         };
         warn!(ctx, "{} (now {} on this cpu)", what, n);
     }

@@ -5,7 +5,8 @@
 //! * `maps` — every map and the `OFFSETS` global, each with its lifecycle.
 //! * `sock` — reads kernel socket fields at offsets resolved from BTF by userspace.
 //! * `emit` — ring-buffer output and the per-CPU drop counters.
-//! * `close_wait` — CLOSE_WAIT entries, reads while in it, and the end of a reported leak.
+//! * `close_wait` — CLOSE_WAIT entries, reads while in it, and the end of a reported leak;
+//!   `iter/tcp` promotion of the sockets still in CLOSE_WAIT when the agent scans.
 //! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
 //! * `flows` — connection counts per owner and peer, listeners' and first closers' owners.
 //! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.

@@ -53,7 +53,9 @@ pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::
 #[map]
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(Config::LEN, 0);
 
-/// sk -> socket in CLOSE_WAIT. Inserted: `close_wait::enter` (`-> CLOSE_WAIT`, softirq).
+/// sk -> socket in CLOSE_WAIT. Inserted: `close_wait::promote` (the agent's iterator, for
+/// sockets still in CLOSE_WAIT at a scan), or `close_wait::enter` (`-> CLOSE_WAIT`, softirq)
+/// where the agent does not promote.
 /// Updated: `close_wait::on_read` (owner reads), the agent (sets `CW_REPORTED`). Deleted:
 /// `close_wait::leave` (`CLOSE_WAIT -> LAST_ACK | CLOSE`), the agent (reconciling entries whose
 /// socket left while no agent ran). Read: the agent, every scan. Pinned by name under the
@@ -70,7 +72,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
-/// FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`. Deleted: `sock_state` (CLOSE).
+/// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`, `close_wait::promote`. Deleted: `sock_state` (CLOSE).
 /// LRU, so a missed CLOSE cannot leak an entry.
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    event::{SOCK_IN_CLOSE_WAIT, Stat},
+    event::{SOCK_CW_TRACKED, Stat},
     tcp::MSG_PEEK,
 };
 
@@ -99,7 +99,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
             if (*st).pid != pid {
                 set_owner::<B>(&mut *st, pid);
             }
-            if (*st).flags & SOCK_IN_CLOSE_WAIT != 0
+            if (*st).flags & SOCK_CW_TRACKED != 0
                 && close_wait::on_read(sk, pid, consumed_at).is_err()
             {
                 emit::count(ctx, Stat::ReadFailed);

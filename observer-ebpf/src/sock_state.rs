@@ -267,6 +267,7 @@ fn fresh(role: Role) -> SockState {
         flags: 0,
         _pad: [0; 2],
         flow: FlowKey::OTHER,
+        close_wait_ns: 0,
     }
 }
 

@@ -77,6 +77,18 @@ pub fn register_metrics(
     }
 }
 
+/// What `/api/v1/status` tells about this agent once the probes are attached.
+fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
+    let mut s = state
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    s.kernel = host::kernel_release();
+    s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
+    s.close_wait_threshold_ms =
+        u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
+}
+
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
@@ -120,7 +132,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         peers.clone(),
         state.live.clone(),
         enricher.clone(),
-    );
+    )
+    .with_promoter(probes.take_promoter());
     let monitor = pool::Monitor::new(
         probes.take_pool()?,
         pool::detect::Thresholds::from(&args.pool),
@@ -150,16 +163,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         stop_rx,
     )?;
 
-    {
-        let mut s = state
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.kernel = host::kernel_release();
-        s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
-        s.close_wait_threshold_ms =
-            u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
-    }
+    set_status(&state, &probes, &args);
     state.set_ready();
     info!(kernel = %host::kernel_release(), listen = %listening, "agent ready");
 

@@ -41,7 +41,9 @@ use crate::{
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     metrics::{Peers, SelfMetrics, WorkloadPeer},
-    owners, sock_diag as diag,
+    owners,
+    probes::Promoter,
+    sock_diag as diag,
 };
 
 /// How often the map is read for leaks.
@@ -112,6 +114,8 @@ pub struct Tracker {
     peers: Arc<Peers>,
     live: Live,
     enricher: Arc<Mutex<Enricher>>,
+    /// The `iter/tcp` promotion, where the kernel has it.
+    promoter: Option<Promoter>,
 }
 
 /// The sockets in CLOSE_WAIT as of the last scan, oldest first; read by the API.
@@ -270,6 +274,30 @@ impl Tracker {
             peers,
             live,
             enricher,
+            promoter: None,
+        }
+    }
+
+    /// Promotes sockets with `promoter` before each scan: the programs then record only the
+    /// entry time as a socket enters CLOSE_WAIT (`Config::PROMOTE_CLOSE_WAIT`).
+    #[must_use]
+    pub fn with_promoter(mut self, promoter: Option<Promoter>) -> Self {
+        self.promoter = promoter;
+        self
+    }
+
+    /// Gives each socket still in CLOSE_WAIT in one of `namespaces` its map entry (see
+    /// [`Promoter`]); nothing to do where the programs insert entries on entry.
+    fn promote(&self, namespaces: &BTreeMap<u32, std::path::PathBuf>) {
+        if let Some(p) = &self.promoter {
+            p.run(namespaces);
+        }
+    }
+
+    /// [`Self::promote`] in every namespace a task is in.
+    fn promote_everywhere(&self) {
+        if self.promoter.is_some() {
+            self.promote(&diag::namespaces());
         }
     }
 
@@ -294,6 +322,9 @@ impl Tracker {
         let before = self.entries();
         let namespaces = diag::namespaces();
         let (dumped, sockets) = diag::close_wait_everywhere(&namespaces);
+        // A socket that entered CLOSE_WAIT since the programs were attached is in the dump and
+        // has its time in `SOCKS`: promoted, it is known, not discovered.
+        self.promote(&namespaces);
         let live: HashSet<Tuple> = sockets.iter().map(|s| s.tuple).collect();
         let dumped: BTreeSet<u32> = dumped.into_iter().collect();
         let known: HashSet<Tuple> = self
@@ -336,6 +367,7 @@ impl Tracker {
     pub fn scan(&mut self) -> Vec<Event> {
         let now = monotonic_ns();
         let threshold = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
+        self.promote_everywhere();
         let entries = self.entries();
         let live: HashSet<u64> = entries
             .iter()
@@ -573,9 +605,14 @@ pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::
     let mut next = tokio::time::Instant::now();
     loop {
         let batch = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => tracker.resolve(ev).into_iter().collect(),
-                None => return,
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    // The sockets not promoted yet keep their true entry time in the pinned
+                    // map for the next agent.
+                    tracker.promote_everywhere();
+                    return;
+                };
+                tracker.resolve(ev).into_iter().collect()
             },
             () = tokio::time::sleep_until(next) => {
                 let started = tokio::time::Instant::now();

@@ -253,6 +253,7 @@ pub const LOSS_SOURCES: &[&str] = &[
     "pending_map_full",
     "socks_map_full",
     "close_wait_map_full",
+    "close_wait_unpromoted",
     "decode_error",
     "store_error",
 ];

@@ -27,6 +27,9 @@ use tracing::{info, warn};
 use crate::layout::Layout;
 
 mod attach;
+mod promote;
+
+pub use promote::Promoter;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -143,6 +146,7 @@ pub struct Probes {
     stats: PerCpuArray<MapData, u64>,
     fill: PerCpuArray<MapData, u64>,
     flows: Option<HashMap<MapData, FlowKey, FlowStats>>,
+    promoter: Option<Promoter>,
 }
 
 impl Probes {
@@ -169,8 +173,27 @@ impl Probes {
         let destroy = plan
             .iter()
             .any(|p| p.purpose == "destroy" && p.chosen.is_some());
+        // The iterator is a BTF tracing program, as tp_btf ones are: used only where they are.
+        let promoter = if allowed.contains(&HookType::TpBtf) {
+            Promoter::attach(&mut ebpf, &btf, &args.pin_dir)
+        } else {
+            Err("tp_btf not among --hook-types".to_owned())
+        };
+        let promoter = match promoter {
+            Ok(p) => {
+                info!("CLOSE_WAIT entries promoted by iter/tcp before each scan");
+                Some(p)
+            }
+            Err(e) => {
+                warn!(reason = %e, "iter/tcp not used: CLOSE_WAIT entries inserted as sockets enter CLOSE_WAIT (more kernel time per connection)");
+                None
+            }
+        };
         let mut config: Array<_, u32> = take(&mut ebpf, maps::CONFIG)?;
-        let bits = if destroy { Config::EMIT_AT_DESTROY } else { 0 };
+        let mut bits = if destroy { Config::EMIT_AT_DESTROY } else { 0 };
+        if promoter.is_some() {
+            bits |= Config::PROMOTE_CLOSE_WAIT;
+        }
         config
             .set(Config::FLAGS, bits, 0)
             .map_err(|source| Error::Map {
@@ -202,7 +225,14 @@ impl Probes {
             stats: counters,
             fill,
             flows: Some(flows),
+            promoter,
         })
+    }
+
+    /// Takes the CLOSE_WAIT promotion iterator, for the tracker; `None` where the kernel has
+    /// none (entries are then inserted on entry) or it was taken already.
+    pub fn take_promoter(&mut self) -> Option<Promoter> {
+        self.promoter.take()
     }
 
     /// How each purpose was served.
@@ -325,6 +355,7 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::LostCloseWaitResolved => "ringbuf_full_close_wait_resolved",
         Stat::CloseWaitFull => "close_wait_map_full",
         Stat::FlowsFull => "flows_map_full",
+        Stat::CloseWaitUnpromoted => "close_wait_unpromoted",
     }
 }
 

@@ -54,9 +54,18 @@ const NLMSG_HDR: usize = 16;
 /// wqueue, uid, inode.
 const DIAG_MSG: usize = 72;
 
-/// Every network namespace some task is in: inode -> a `/proc/<pid>/task/<tid>/ns/net` path.
+/// Every network namespace some task is in, and those `ip netns` keeps under `/run/netns`:
+/// inode -> a `/proc/<pid>/task/<tid>/ns/net` (or `/run/netns/<name>`) path. A namespace only
+/// its sockets hold (its last task gone, the sockets' owners elsewhere) cannot be entered.
 pub fn namespaces() -> BTreeMap<u32, PathBuf> {
     let mut found = BTreeMap::new();
+    if let Ok(named) = std::fs::read_dir("/run/netns") {
+        for n in named.flatten() {
+            if let Ok(meta) = std::fs::metadata(n.path()) {
+                found.entry(meta.ino() as u32).or_insert(n.path());
+            }
+        }
+    }
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return found;
     };
@@ -84,26 +93,27 @@ pub fn namespaces() -> BTreeMap<u32, PathBuf> {
 
 /// Runs `f` in each namespace of `namespaces` (its inode as argument), one thread at a time.
 /// Returns the answers of the namespaces it could enter (a task may have exited meanwhile).
-pub fn in_each<T: Send + 'static>(
+pub fn in_each<T: Send>(
     namespaces: &BTreeMap<u32, PathBuf>,
-    f: fn(u32) -> io::Result<T>,
+    f: impl Fn(u32) -> io::Result<T> + Sync,
 ) -> Vec<(u32, T)> {
     let mut out = Vec::new();
     for (&ino, path) in namespaces {
-        let path = path.clone();
-        let res = std::thread::spawn(move || -> io::Result<T> {
-            let ns = std::fs::File::open(&path)?;
-            // SAFETY: setns on this thread only, with an open namespace fd.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            f(ino)
-        })
-        .join();
+        let res = std::thread::scope(|s| {
+            s.spawn(|| -> io::Result<T> {
+                let ns = std::fs::File::open(path)?;
+                // SAFETY: setns on this thread only, with an open namespace fd.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f(ino)
+            })
+            .join()
+        });
         match res {
             Ok(Ok(found)) => out.push((ino, found)),
-            Ok(Err(e)) => tracing::debug!(netns = ino, error = %e, "sock_diag dump failed"),
-            Err(_) => tracing::warn!(netns = ino, "sock_diag thread panicked"),
+            Ok(Err(e)) => tracing::debug!(netns = ino, error = %e, "namespace visit failed"),
+            Err(_) => tracing::warn!(netns = ino, "namespace thread panicked"),
         }
     }
     out

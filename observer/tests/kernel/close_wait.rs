@@ -131,6 +131,8 @@ fn stuck_server_holds_unread_bytes_and_last_read_predates_the_fin() {
     assert_eq!(rst.len(), 1, "closing with the unread bytes aborts too");
 }
 
+/// The entry time survives a restart: the pinned map keeps it, and an agent that stops gives
+/// the sockets it has not promoted yet their entries first.
 #[test]
 fn a_restarted_agent_keeps_the_true_entry_time() {
     if !require_bpf() {
@@ -138,15 +140,20 @@ fn a_restarted_agent_keeps_the_true_entry_time() {
     }
     let pins = PinDir::new();
     let first = Agent::start_pinned(&pins, &["--close-wait-threshold", "1h"]);
+    // After the first scan (at start-up), well before the next (a second later).
+    std::thread::sleep(Duration::from_millis(300));
     let (ns, held, entered) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         drop(l.accept().unwrap());
         (ns, c, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(2500));
-    let (status, _) = first.stop();
+    // Stopped well within a scan interval: the socket has its time in `SOCKS` only, and the
+    // stopping agent's last promotion gives it its pinned entry.
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, log) = first.stop();
     assert!(status.success());
+    assert!(log.contains("promoted by iter/tcp"), "{log}");
     let stopped_after = entered.elapsed().as_millis() as u64;
     let second = Agent::start_pinned(&pins, &["--close-wait-threshold", "2s"]);
     let leaks = wait_kind(&second, ns, "close_wait_leak", 1);

@@ -1,25 +1,43 @@
 //! The fallback hook types really work: forced to raw or classic tracepoints, the agent
-//! detects the same abort with the same fields.
+//! detects the same abort with the same fields, and a CLOSE_WAIT leak with the entries the
+//! programs insert on entry (the promotion iterator is a BTF program, left out with tp_btf).
 
 use std::{
     io::Write as _,
     net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
 };
 
-use super::support::{Agent, events, in_netns, require_bpf, wait_queued};
+use serde_json::Value;
+
+use super::support::{Agent, in_netns, of_kind, require_bpf, wait_queued};
 
 fn detects_with(hook_type: &str) {
-    let agent = Agent::start(&["--hook-types", hook_type]);
-    let (ns, sport) = in_netns(|ns| {
+    let agent = Agent::start(&["--hook-types", hook_type, "--close-wait-threshold", "1s"]);
+    let (ns, sport, held) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         c.write_all(&[3u8; 2500]).unwrap();
         wait_queued(&s, 2500);
         drop(s);
-        (ns, l.local_addr().unwrap().port())
+        // The peer closes, this end keeps its socket: CLOSE_WAIT.
+        let held = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        drop(l.accept().unwrap());
+        (ns, l.local_addr().unwrap().port(), held)
     });
-    let evs = events(&agent, ns, 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let evs = loop {
+        let evs = agent.events(ns, 2, Duration::from_secs(1), Duration::ZERO);
+        if evs.len() >= 2 || Instant::now() > deadline {
+            break evs;
+        }
+    };
+    let leaks = of_kind(&evs, "close_wait_leak");
+    assert_eq!(leaks.len(), 1, "{hook_type}: {evs:#?}");
+    assert_eq!(leaks[0]["local_port"], held.local_addr().unwrap().port());
+    assert_eq!(leaks[0]["close_wait_lower_bound"], false, "{:#}", leaks[0]);
+    let evs: Vec<Value> = of_kind(&evs, "rst_on_close").into_iter().cloned().collect();
     assert_eq!(evs.len(), 1, "{hook_type}: {evs:#?}");
     let e = &evs[0];
     assert_eq!(e["kind"], "rst_on_close");
@@ -44,6 +62,7 @@ fn detects_with(hook_type: &str) {
             .all(|l| l.contains(&format!("type={hook_type}"))),
         "every purpose on {hook_type}: {log}"
     );
+    assert!(log.contains("iter/tcp not used"), "{log}");
 }
 
 #[test]

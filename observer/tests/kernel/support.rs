@@ -38,29 +38,29 @@ pub(crate) fn require_bpf() -> bool {
     false
 }
 
-/// Namespaces kept open until the test process exits: a freed namespace's inode number is
-/// reused by the next one, and an agent still collecting for this test would then see another
-/// test's events under the same `netns`.
-static KEEP_NETNS: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
-
 /// Runs `f` on a new thread inside a new network namespace with `lo` up, passing the
-/// namespace's inode number.
+/// namespace's inode number. The thread then stays in the namespace, parked, until the test
+/// process exits, as a pod's pause process holds its namespace: the agent finds namespaces
+/// through the tasks in them, and a freed namespace's inode number would be reused by the next
+/// one (an agent still collecting for this test would see another test's events under it).
 pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce(u64) -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         // SAFETY: unshare only affects this thread.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
         loopback_up();
-        let ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
-        let ino = ns.metadata().unwrap().ino();
-        KEEP_NETNS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(ns);
-        f(ino)
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        let ino = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ino)));
+        let _ = tx.send(out);
+        loop {
+            thread::park();
+        }
+    });
+    match rx.recv().expect("namespace thread") {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e),
+    }
 }
 
 fn loopback_up() {
