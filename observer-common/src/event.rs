@@ -105,8 +105,10 @@ pub struct SockState {
     pub role: u8,
     /// [`SOCK_IN_CLOSE_WAIT`], [`SOCK_COUNTED`], [`SOCK_CW_TRACKED`].
     pub flags: u8,
+    /// `CW_PENDING` slot the socket was counted in while it waits for promotion.
+    pub cw_slot: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Where the connection was counted as opened (valid with [`SOCK_COUNTED`]), so its close
     /// is counted in the same `FLOWS` entry whoever owns the socket by then.
     pub flow: crate::flow::FlowKey,
@@ -186,7 +188,7 @@ impl Config {
     /// Index of the flag bits.
     pub const FLAGS: u32 = 0;
     /// Number of entries.
-    pub const LEN: u32 = 1;
+    pub const LEN: u32 = 2;
     /// Flag: `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is
     /// destroyed, so the RST reason traced in between can be added. Without it, emit at the
     /// state change.
@@ -195,6 +197,8 @@ impl Config {
     /// the entry time in `SOCKS`, and the iterator inserts `CLOSE_WAIT` entries for the sockets
     /// still there. Without it, every socket gets its entry on `-> CLOSE_WAIT`.
     pub const PROMOTE_CLOSE_WAIT: u32 = 2;
+    /// Index of the current scan epoch's `CW_PENDING` slot, advanced by the agent each scan.
+    pub const EPOCH: u32 = 1;
 }
 
 /// `CloseWaitEntry::flags`: userspace reported the leak; leaving CLOSE_WAIT emits

@@ -28,6 +28,12 @@ pub mod maps {
     pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
     /// Capacity of [`CLOSE_WAIT`].
     pub const CLOSE_WAIT_MAX_ENTRIES: u32 = 262_144;
+    /// Per-CPU counts of sockets in CLOSE_WAIT waiting for promotion, by the scan epoch they
+    /// entered in ([`CW_EPOCHS`] slots; per-CPU values wrap, their sum is the count).
+    pub const CW_PENDING: &str = "CW_PENDING";
+    /// Slots of [`CW_PENDING`]: the current epoch, the previous one, and the one before, whose
+    /// sockets have waited a whole scan interval at least.
+    pub const CW_EPOCHS: u32 = 3;
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
     /// Aborts seen at the state change, completed by the reset and emitted at destroy.

@@ -28,8 +28,8 @@ use observer_common::{
 };
 
 use crate::{
-    emit,
-    maps::{CLOSE_WAIT, CONFIG, SOCKS},
+    emit, flows,
+    maps::{CLOSE_WAIT, CONFIG, CW_PENDING, SOCKS},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
 };
@@ -60,7 +60,9 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         st.close_wait_ns = now;
         if promoted {
             // Nearly every socket leaves CLOSE_WAIT microseconds later (its owner closes on
-            // reading EOF): those that stay get their entry from the next scan's promotion.
+            // reading EOF): those that stay get their entry from a scan's promotion.
+            st.cw_slot = CONFIG.get(Config::EPOCH).map_or(0, |e| *e as u8);
+            pending(st.cw_slot, 1);
             return Ok(());
         }
         st.flags |= SOCK_CW_TRACKED;
@@ -166,8 +168,20 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     }
     // Tracked even when the insert failed: counted once, and leaving looks the entry up.
     // SAFETY: as above.
-    unsafe { (*st).flags |= SOCK_CW_TRACKED };
+    unsafe {
+        (*st).flags |= SOCK_CW_TRACKED;
+        pending((*st).cw_slot, u64::MAX);
+    }
     0
+}
+
+/// Adds `n` (`u64::MAX` to take one) to this CPU's `CW_PENDING` count of epoch slot `slot`.
+#[inline(always)]
+fn pending(slot: u8, n: u64) {
+    if let Some(p) = CW_PENDING.get_ptr_mut(u32::from(slot)) {
+        // SAFETY: a live per-CPU slot; an atomic add, as another program may interrupt this one.
+        unsafe { flows::add(p, n) };
+    }
 }
 
 /// `CLOSE_WAIT -> LAST_ACK | CLOSE`: forgets the entry, and reports the end of a reported leak
@@ -187,6 +201,7 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
         st.flags &= !(SOCK_IN_CLOSE_WAIT | SOCK_CW_TRACKED);
         if flags & SOCK_IN_CLOSE_WAIT != 0 && flags & SOCK_CW_TRACKED == 0 {
             // Never promoted: no entry to delete, no leak was reported.
+            pending(st.cw_slot, u64::MAX);
             // SAFETY: no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
             if now.saturating_sub(st.close_wait_ns) > UNPROMOTED_AFTER_NS {

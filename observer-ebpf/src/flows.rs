@@ -210,7 +210,7 @@ fn entry<C: EbpfContext>(ctx: &C, key: FlowKey) -> (FlowKey, Option<*mut FlowSta
 /// # Safety
 /// `at` points to a live, aligned `u64` in a map value.
 #[inline(always)]
-unsafe fn add(at: *mut u64, n: u64) {
+pub(crate) unsafe fn add(at: *mut u64, n: u64) {
     // SAFETY: as the caller guarantees; the result is unused, so LLVM emits the plain atomic
     // add every kernel with eBPF atomics accepts.
     unsafe {

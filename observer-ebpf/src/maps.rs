@@ -67,6 +67,14 @@ pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> = HashMap::pinned(
     BPF_F_NO_PREALLOC,
 );
 
+/// Sockets in CLOSE_WAIT waiting for promotion, per entry epoch (`Config::EPOCH`). Added to:
+/// `close_wait::enter`; taken from: `close_wait::leave` (left unpromoted), `close_wait::promote`.
+/// Read: the agent, which runs the iterator only when a socket has waited a whole scan
+/// interval. Atomic adds: a program interrupted on its CPU by another must not lose a count.
+#[map]
+pub(crate) static CW_PENDING: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(observer_common::maps::CW_EPOCHS, 0);
+
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
 const BPF_F_NO_PREALLOC: u32 = 1;
 

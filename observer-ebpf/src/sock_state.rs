@@ -265,7 +265,8 @@ fn fresh(role: Role) -> SockState {
         pid: 0,
         role: role as u8,
         flags: 0,
-        _pad: [0; 2],
+        cw_slot: 0,
+        _pad: 0,
         flow: FlowKey::OTHER,
         close_wait_ns: 0,
     }

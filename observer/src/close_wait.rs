@@ -18,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
@@ -286,18 +286,12 @@ impl Tracker {
         self
     }
 
-    /// Gives each socket still in CLOSE_WAIT in one of `namespaces` its map entry (see
-    /// [`Promoter`]); nothing to do where the programs insert entries on entry.
-    fn promote(&self, namespaces: &BTreeMap<u32, std::path::PathBuf>) {
-        if let Some(p) = &self.promoter {
-            p.run(namespaces);
-        }
-    }
-
-    /// [`Self::promote`] in every namespace a task is in.
-    fn promote_everywhere(&self) {
-        if self.promoter.is_some() {
-            self.promote(&diag::namespaces());
+    /// Gives each socket still in CLOSE_WAIT in the namespaces `namespaces` lists its map
+    /// entry, if one has waited a scan interval or `all` (see [`Promoter`]); nothing to do
+    /// where the programs insert entries on entry.
+    fn promote(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) {
+        if let Some(p) = &mut self.promoter {
+            p.run(namespaces, all);
         }
     }
 
@@ -324,7 +318,7 @@ impl Tracker {
         let (dumped, sockets) = diag::close_wait_everywhere(&namespaces);
         // A socket that entered CLOSE_WAIT since the programs were attached is in the dump and
         // has its time in `SOCKS`: promoted, it is known, not discovered.
-        self.promote(&namespaces);
+        self.promote(|| namespaces.clone(), true);
         let live: HashSet<Tuple> = sockets.iter().map(|s| s.tuple).collect();
         let dumped: BTreeSet<u32> = dumped.into_iter().collect();
         let known: HashSet<Tuple> = self
@@ -367,7 +361,7 @@ impl Tracker {
     pub fn scan(&mut self) -> Vec<Event> {
         let now = monotonic_ns();
         let threshold = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
-        self.promote_everywhere();
+        self.promote(diag::namespaces, false);
         let entries = self.entries();
         let live: HashSet<u64> = entries
             .iter()
@@ -609,7 +603,7 @@ pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::
                 let Some(ev) = ev else {
                     // The sockets not promoted yet keep their true entry time in the pinned
                     // map for the next agent.
-                    tracker.promote_everywhere();
+                    tracker.promote(diag::namespaces, true);
                     return;
                 };
                 tracker.resolve(ev).into_iter().collect()
