@@ -188,17 +188,15 @@ impl Config {
     /// Index of the flag bits.
     pub const FLAGS: u32 = 0;
     /// Number of entries.
-    pub const LEN: u32 = 2;
+    pub const LEN: u32 = 1;
     /// Flag: `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is
     /// destroyed, so the RST reason traced in between can be added. Without it, emit at the
     /// state change.
     pub const EMIT_AT_DESTROY: u32 = 1;
-    /// Flag: the agent runs the `iter/tcp` promotion every scan: `-> CLOSE_WAIT` only records
+    /// Flag: the agent runs the `iter/tcp` promotion: `-> CLOSE_WAIT` only records
     /// the entry time in `SOCKS`, and the iterator inserts `CLOSE_WAIT` entries for the sockets
     /// still there. Without it, every socket gets its entry on `-> CLOSE_WAIT`.
     pub const PROMOTE_CLOSE_WAIT: u32 = 2;
-    /// Index of the current scan epoch's `CW_PENDING` slot, advanced by the agent each scan.
-    pub const EPOCH: u32 = 1;
 }
 
 /// `CloseWaitEntry::flags`: userspace reported the leak; leaving CLOSE_WAIT emits

@@ -34,6 +34,8 @@ pub mod maps {
     /// Slots of [`CW_PENDING`]: the current epoch, the previous one, and the one before, whose
     /// sockets have waited a whole scan interval at least.
     pub const CW_EPOCHS: u32 = 3;
+    /// The current scan epoch's [`CW_PENDING`] slot (one `u32`), advanced by the agent each scan.
+    pub const CW_EPOCH: &str = "CW_EPOCH";
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
     /// Aborts seen at the state change, completed by the reset and emitted at destroy.

@@ -14,10 +14,7 @@
 //! `SOCKS`, recorded earlier in process context, never taken from the current task.
 
 use aya_ebpf::{
-    EbpfContext,
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
-    programs::BtfTracePointContext,
+    EbpfContext, cty::c_void, helpers::bpf_ktime_get_ns, programs::BtfTracePointContext,
 };
 use observer_common::{
     event::{
@@ -29,7 +26,7 @@ use observer_common::{
 
 use crate::{
     emit, flows,
-    maps::{CLOSE_WAIT, CONFIG, CW_PENDING, SOCKS},
+    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, SOCKS, config_flag},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
 };
@@ -50,9 +47,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     let tcp = sk.tcp()?;
     // Processing the peer's FIN.
     let now = tcp.refreshed_now_ns();
-    let promoted = CONFIG
-        .get(Config::FLAGS)
-        .is_some_and(|f| f & Config::PROMOTE_CLOSE_WAIT != 0);
+    let promoted = config_flag(Config::PROMOTE_CLOSE_WAIT);
     if let Some(st) = st {
         // SAFETY: LRU entry pointer, valid for this program run.
         let st = unsafe { &mut *st };
@@ -61,7 +56,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         if promoted {
             // Nearly every socket leaves CLOSE_WAIT microseconds later (its owner closes on
             // reading EOF): those that stay get their entry from a scan's promotion.
-            st.cw_slot = CONFIG.get(Config::EPOCH).map_or(0, |e| *e as u8);
+            st.cw_slot = CW_EPOCH.get(0).map_or(0, |e| *e as u8);
             pending(st.cw_slot, 1);
             return Ok(());
         }
@@ -136,14 +131,10 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     if skc.is_null() {
         return 0;
     }
-    // SAFETY: a BTF `sock_common *`, the helper's argument type; NULL unless a full TCP socket
-    // (TIME_WAIT and request sockets are skipped).
-    let tp = unsafe { bpf_skc_to_tcp_sock(skc.cast_mut().cast()) }.cast::<u8>();
-    if tp.is_null() {
+    // TIME_WAIT and request sockets are skipped.
+    let Some((sk, tcp)) = Sock::full_tcp(skc) else {
         return 0;
-    }
-    // The `tcp_sock` begins with its `struct sock`: the same address, BTF-typed to the end.
-    let sk = Sock::<true>(tp.cast_const());
+    };
     if !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) == tcp::CLOSE_WAIT) {
         return 0;
     }
@@ -159,7 +150,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     }
     // SAFETY: as above.
     let entered = unsafe { (*st).close_wait_ns };
-    let Ok(e) = sk.tcp().and_then(|tcp| entry(sk, tcp, Some(st), entered)) else {
+    let Ok(e) = entry(sk, tcp, Some(st), entered) else {
         emit::count(&ctx, Stat::ReadFailed);
         return 0;
     };

@@ -53,6 +53,12 @@ pub(crate) static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::
 #[map]
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(Config::LEN, 0);
 
+/// Whether the agent set `bit` (a `Config` flag) in `CONFIG`.
+#[inline(always)]
+pub(crate) fn config_flag(bit: u32) -> bool {
+    CONFIG.get(Config::FLAGS).is_some_and(|f| f & bit != 0)
+}
+
 /// sk -> socket in CLOSE_WAIT. Inserted: `close_wait::promote` (the agent's iterator, for
 /// sockets still in CLOSE_WAIT at a scan), or `close_wait::enter` (`-> CLOSE_WAIT`, softirq)
 /// where the agent does not promote.
@@ -67,13 +73,18 @@ pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> = HashMap::pinned(
     BPF_F_NO_PREALLOC,
 );
 
-/// Sockets in CLOSE_WAIT waiting for promotion, per entry epoch (`Config::EPOCH`). Added to:
+/// Sockets in CLOSE_WAIT waiting for promotion, per entry epoch (`CW_EPOCH`). Added to:
 /// `close_wait::enter`; taken from: `close_wait::leave` (left unpromoted), `close_wait::promote`.
 /// Read: the agent, which runs the iterator only when a socket has waited a whole scan
 /// interval. Atomic adds: a program interrupted on its CPU by another must not lose a count.
 #[map]
 pub(crate) static CW_PENDING: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(observer_common::maps::CW_EPOCHS, 0);
+
+/// The current epoch's `CW_PENDING` slot. Written: the agent, each scan. Read:
+/// `close_wait::enter`.
+#[map]
+pub(crate) static CW_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
 const BPF_F_NO_PREALLOC: u32 = 1;

@@ -97,12 +97,7 @@ impl<const BTF: bool> Sock<BTF> {
     #[inline(always)]
     pub(crate) fn tcp(self) -> Result<Tcp<BTF>, i32> {
         if BTF {
-            // SAFETY: a BTF `struct sock *`, the helper's argument type; NULL if not TCP.
-            let tp = unsafe { bpf_skc_to_tcp_sock(self.0.cast_mut().cast()) }.cast::<u8>();
-            if tp.is_null() {
-                return Err(-1);
-            }
-            Ok(Tcp(tp.cast_const()))
+            btf_tcp_sock(self.0).map(Tcp).ok_or(-1)
         } else {
             Ok(Tcp(self.0))
         }
@@ -184,6 +179,24 @@ impl<const BTF: bool> Sock<BTF> {
         let at = unsafe { net.add(off!(net_inum) as usize) };
         if BTF { Ok(load(at)) } else { probe(at) }
     }
+}
+
+impl Sock<true> {
+    /// A BTF-typed `struct sock_common *` (an iterator's) as a full TCP socket, typed
+    /// `struct tcp_sock` to the end, and its [`Tcp`]; `None` for TIME_WAIT and request sockets.
+    #[inline(always)]
+    pub(crate) fn full_tcp(skc: *const u8) -> Option<(Self, Tcp<true>)> {
+        // The `tcp_sock` begins with its `struct sock`: the same address.
+        btf_tcp_sock(skc).map(|tp| (Self(tp), Tcp(tp)))
+    }
+}
+
+/// `bpf_skc_to_tcp_sock` of a BTF-typed socket pointer: `None` unless a full TCP socket.
+#[inline(always)]
+fn btf_tcp_sock(sk: *const u8) -> Option<*const u8> {
+    // SAFETY: a BTF `sock_common *` (or a type that begins with one), the helper's argument.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast()) }.cast::<u8>();
+    (!tp.is_null()).then_some(tp.cast_const())
 }
 
 /// A TCP socket as a `struct tcp_sock *` ([`Sock::tcp`]).

@@ -35,7 +35,7 @@ use observer_common::{
 
 use crate::{
     close_wait, emit, flows,
-    maps::{CONFIG, PENDING, SOCKS},
+    maps::{PENDING, SOCKS, config_flag},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
 };
@@ -242,9 +242,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
     sk.endpoints(tcp)?.fill_event(&mut ev);
 
-    let at_destroy = CONFIG
-        .get(Config::FLAGS)
-        .is_some_and(|f| f & Config::EMIT_AT_DESTROY != 0);
+    let at_destroy = config_flag(Config::EMIT_AT_DESTROY);
     if at_destroy {
         if PENDING.insert(sk.key(), ev, 0).is_err() {
             emit::count(ctx, Stat::PendingFull);

@@ -147,7 +147,6 @@ pub struct Probes {
     fill: PerCpuArray<MapData, u64>,
     flows: Option<HashMap<MapData, FlowKey, FlowStats>>,
     promoter: Option<Promoter>,
-    _config: Option<Array<MapData, u32>>,
 }
 
 impl Probes {
@@ -201,12 +200,6 @@ impl Probes {
                 name: maps::CONFIG,
                 source,
             })?;
-        // The programs' map must stay open: with the promoter, which writes each scan's epoch
-        // into it, or here.
-        let (promoter, config) = match promoter {
-            Some(p) => (Some(p.with_config(config)), None),
-            None => (None, Some(config)),
-        };
         // The catch-all entry the programs count into once FLOWS is full.
         let mut flows: HashMap<_, FlowKey, FlowStats> = take(&mut ebpf, maps::FLOWS)?;
         flows
@@ -233,7 +226,6 @@ impl Probes {
             fill,
             flows: Some(flows),
             promoter,
-            _config: config,
         })
     }
 

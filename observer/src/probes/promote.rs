@@ -5,7 +5,7 @@
 //!
 //! That walk costs the agent about 0.3 µs per socket on the node (the established hash is
 //! shared by all namespaces), so it runs only when a socket has waited for promotion a whole
-//! scan interval: each scan advances an epoch (`Config::EPOCH`), the programs count the
+//! scan interval: each scan advances an epoch (`CW_EPOCH`), the programs count the
 //! sockets waiting per entry epoch (`CW_PENDING`), and a storm of connections that each pass
 //! through CLOSE_WAIT in microseconds never makes the agent walk its sockets.
 
@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{Iter, links::FdLink},
 };
-use observer_common::{event::Config, maps::CW_EPOCHS};
+use observer_common::maps::{self, CW_EPOCHS};
 
 /// The program's name in the object.
 const PROGRAM: &str = "promote";
@@ -31,7 +31,7 @@ const PIN: &str = "close_wait_promote";
 pub struct Promoter {
     path: PathBuf,
     pending: PerCpuArray<MapData, u64>,
-    config: Option<Array<MapData, u32>>,
+    epoch_slot: Array<MapData, u32>,
     epoch: u32,
 }
 
@@ -62,31 +62,22 @@ impl Promoter {
         // The pin holds the link (and the program) until `drop` removes it.
         link.pin(&path)
             .map_err(|e| format!("pinning {}: {e}", path.display()))?;
-        // Taken last: a map dropped on an error path would be closed under the programs.
-        let Some(map) = ebpf.take_map(observer_common::maps::CW_PENDING) else {
-            let _ = std::fs::remove_file(&path);
-            return Err("map CW_PENDING not in the object".to_owned());
-        };
-        let pending = match map.try_into() {
-            Ok(p) => p,
+        // Taken last: a map dropped on an error path would be closed under the programs
+        // loaded after this.
+        let maps = super::take(ebpf, maps::CW_PENDING)
+            .and_then(|pending| Ok((pending, super::take(ebpf, maps::CW_EPOCH)?)));
+        match maps {
+            Ok((pending, epoch_slot)) => Ok(Self {
+                path,
+                pending,
+                epoch_slot,
+                epoch: 0,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(format!("map CW_PENDING: {e}"));
+                Err(e.to_string())
             }
-        };
-        Ok(Self {
-            path,
-            pending,
-            config: None,
-            epoch: 0,
-        })
-    }
-
-    /// Hands over the `CONFIG` array, where each scan's epoch is written.
-    #[must_use]
-    pub fn with_config(mut self, config: Array<MapData, u32>) -> Self {
-        self.config = Some(config);
-        self
+        }
     }
 
     /// Starts a new epoch, then runs the iterator in each namespace `namespaces` lists if a
@@ -95,9 +86,7 @@ impl Promoter {
     pub fn run(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) -> bool {
         self.epoch = self.epoch.wrapping_add(1);
         let slot = self.epoch % CW_EPOCHS;
-        if let Some(config) = &mut self.config
-            && let Err(e) = config.set(Config::EPOCH, slot, 0)
-        {
+        if let Err(e) = self.epoch_slot.set(0, slot, 0) {
             tracing::warn!(error = %e, "writing the promotion epoch");
         }
         // The slot the next epoch reuses: its sockets entered before the previous scan.
