@@ -185,7 +185,7 @@ impl TupleKey {
 
 /// A process that owned a socket, recorded in its own context (32 bytes).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     /// cgroup v2 id.
     pub cgroup_id: u64,

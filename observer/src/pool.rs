@@ -505,17 +505,32 @@ impl Monitor {
     /// TIME_WAIT sockets by the owner that closed first.
     fn time_wait(&self, listing: &[ports::Netns]) {
         // The whole table in a few syscalls, rather than one lookup per TIME_WAIT socket.
-        let closers: HashMap<TupleKey, Owner> =
+        let closers: foldhash::HashMap<TupleKey, Owner> =
             map_read::dump::<TupleKey, Owner>(self.closers.map())
                 .unwrap_or_else(|_| self.closers.iter().filter_map(Result::ok).collect())
                 .into_iter()
                 .collect();
-        let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
+        // Grouped first by what the labels depend on (the closer, and the peer as labelled),
+        // so a storm's tens of thousands of TIME_WAIT sockets build one label set per group.
+        let mut groups: foldhash::HashMap<(Option<Owner>, SocketAddr), i64> =
+            foldhash::HashMap::default();
         for s in listing.iter().flat_map(|ns| &ns.time_wait) {
             let owner = tuple_key(s)
                 .closer_candidates()
                 .iter()
-                .find_map(|k| closers.get(k));
+                .find_map(|k| closers.get(k))
+                .copied();
+            let role = owner.map_or(Role::Unknown, |o| Role::from_wire(o.role));
+            // A server's (or unknown) peers are labelled by address only.
+            let peer = if role == Role::Client {
+                s.tuple.peer
+            } else {
+                SocketAddr::new(s.tuple.peer.ip(), 0)
+            };
+            *groups.entry((owner, peer)).or_default() += 1;
+        }
+        let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
+        for ((owner, peer), n) in groups {
             let labels = match owner {
                 Some(o) => {
                     let a = self.attribution(o.cgroup_id);
@@ -524,15 +539,15 @@ impl Monitor {
                         pod: a.pod.unwrap_or_default(),
                         container: a.container.unwrap_or_default(),
                         comm: comm(&o.comm),
-                        peer: self.peers.label(Role::from_wire(o.role), s.tuple.peer),
+                        peer: self.peers.label(Role::from_wire(o.role), peer),
                     }
                 }
                 None => WorkloadPeer {
-                    peer: self.peers.label(Role::Unknown, s.tuple.peer),
+                    peer: self.peers.label(Role::Unknown, peer),
                     ..WorkloadPeer::default()
                 },
             };
-            *by.entry(labels).or_default() += 1;
+            *by.entry(labels).or_default() += n;
         }
         self.metrics.set_time_wait(&by);
     }

@@ -2,7 +2,6 @@
 //! namespace's `net.ipv4.ip_local_port_range`.
 
 use std::{
-    collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
 };
@@ -24,7 +23,7 @@ pub struct Netns {
     /// Its TIME_WAIT sockets (sub-state TIME_WAIT, as `ss state time-wait` shows them).
     pub time_wait: Vec<DiagSocket>,
     /// Local ports of the range in use per (source address, destination).
-    pub in_use: BTreeMap<(IpAddr, SocketAddr), u64>,
+    pub in_use: foldhash::HashMap<(IpAddr, SocketAddr), u64>,
 }
 
 /// Lists the calling thread's namespace (`netns` is its inode), keeping only TIME_WAIT
@@ -38,7 +37,7 @@ pub fn here(netns: u32) -> io::Result<Netns> {
         netns,
         range,
         time_wait: Vec::new(),
-        in_use: BTreeMap::new(),
+        in_use: foldhash::HashMap::default(),
     };
     sock_diag::visit(netns, NOT_LISTENING, &mut |s| ns.add(s))?;
     Ok(ns)
@@ -68,13 +67,14 @@ impl Netns {
     }
 
     /// Local ports of the ephemeral range in use, per (source address, destination), and the
-    /// range's size. Ports are unique per destination, so each destination has the whole
-    /// range to itself.
+    /// range's size, ordered by source and destination. Ports are unique per destination, so
+    /// each destination has the whole range to itself.
     pub fn port_use(&self) -> Vec<PortUse> {
         let Some((lo, hi)) = self.range else {
             return Vec::new();
         };
-        self.in_use
+        let mut uses: Vec<PortUse> = self
+            .in_use
             .iter()
             .map(|(&(source, peer), &in_use)| PortUse {
                 netns: self.netns,
@@ -83,7 +83,9 @@ impl Netns {
                 in_use,
                 range: u32::from(hi - lo) + 1,
             })
-            .collect()
+            .collect();
+        uses.sort_unstable_by_key(|u| (u.source, u.peer));
+        uses
     }
 }
 
@@ -139,7 +141,7 @@ mod tests {
             netns: 9,
             range: Some((40000, 40099)),
             time_wait: Vec::new(),
-            in_use: BTreeMap::new(),
+            in_use: foldhash::HashMap::default(),
         };
         for s in [
             sock("10.0.0.1:40000", "10.0.0.9:80", 1),
