@@ -1,6 +1,7 @@
 //! What observer costs the node (root only; `cargo xtask bench`). Each workload runs
-//! `ROUNDS` times without the agent and `ROUNDS` times with it, alternately, each run with the
-//! agent right after one without. Two figures per run: the throughput, and the node's busy CPU
+//! `ROUNDS` times without the agent and `ROUNDS` times with it, in adjacent pairs whose order
+//! alternates (without first, then with first: the second run of a pair is the slower on the
+//! development VM, agent or not, and neither side may always take it). Two figures per run: the throughput, and the node's busy CPU
 //! time per operation (`/proc/stat`: user, system, irq and softirq of every CPU, the agent's
 //! own included; steal and idle are not). The overheads are medians of the ratios within each
 //! adjacent pair: the machines are noisy, so absolute figures mean little and pairs taken a few
@@ -31,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 10;
 const RUN: Duration = Duration::from_secs(2);
 const THREADS: usize = 2;
 
@@ -509,7 +510,12 @@ impl Drop for Nginx {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    } else {
+        v[n / 2]
+    }
 }
 
 struct Row {
@@ -594,18 +600,29 @@ impl Row {
     }
 }
 
-/// Alternates baseline and agent runs of `work`; the agent's CPU is taken over its runs.
-/// Without `agent`, the second run of each pair is a baseline too: the noise floor, what the
-/// same pairing measures when nothing differs.
+/// Pairs of a baseline and an agent run of `work`, in alternating order; the agent's CPU is
+/// taken over its runs. Without `agent`, both runs of each pair are baselines: the noise floor,
+/// what the same pairing measures when nothing differs.
 fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, agent: bool) -> Row {
     let (mut base, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut peak_kib = 0;
-    for _ in 0..ROUNDS {
-        base.push(work());
+    for round in 0..ROUNDS {
+        // Odd rounds run the agent's side first.
+        let swap = round % 2 == 1;
         if !agent {
-            with.push(work());
+            let (first, second) = (work(), work());
+            let (b, w) = if swap {
+                (second, first)
+            } else {
+                (first, second)
+            };
+            base.push(b);
+            with.push(w);
             cpu.push(0.0);
             continue;
+        }
+        if !swap {
+            base.push(work());
         }
         let agent = Agent::start();
         let (c0, t0) = (agent.cpu_seconds(), Instant::now());
@@ -613,6 +630,9 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, ag
         cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
         peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
         agent.stop();
+        if swap {
+            base.push(work());
+        }
     }
     Row {
         name,
