@@ -86,6 +86,31 @@ pub(crate) static CW_PENDING: PerCpuArray<u64> =
 #[map]
 pub(crate) static CW_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The last sockets read on each CPU, with their reader and the time then, one per slot (a
+/// hash of the reading thread and the peer port): on loopback a CPU runs both ends' readers
+/// in turn, and an event loop reads many sockets.
+/// Written and read: `sock_recv` (BTF program), which skips the `SOCKS` lookup for the same
+/// reader reading the same socket again soon after.
+#[map]
+pub(crate) static LAST_READ: PerCpuArray<LastRead> =
+    PerCpuArray::with_max_entries(LAST_READ_SLOTS, 0);
+
+/// Slots of [`LAST_READ`] per CPU.
+pub(crate) const LAST_READ_SLOTS: u32 = 64;
+
+/// One CPU's last read ([`LAST_READ`]).
+#[repr(C)]
+pub(crate) struct LastRead {
+    /// Socket address (the `SOCKS` key).
+    pub(crate) sk: u64,
+    /// `bpf_ktime_get_ns` at the read.
+    pub(crate) at_ns: u64,
+    /// Reader's thread-group id.
+    pub(crate) pid: u32,
+    /// Explicit padding.
+    pub(crate) _pad: u32,
+}
+
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
 const BPF_F_NO_PREALLOC: u32 = 1;
 

@@ -131,6 +131,49 @@ fn stuck_server_holds_unread_bytes_and_last_read_predates_the_fin() {
     assert_eq!(rst.len(), 1, "closing with the unread bytes aborts too");
 }
 
+/// Reads of one socket by one thread in quick succession update its entry once (the read hook
+/// remembers the last reads on each CPU for 10 ms), and a read after a pause updates it again:
+/// the leak's last read is the last read, to within that window.
+#[test]
+fn last_read_is_the_last_read_through_bursts_of_reads() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let (ns, gap_ms) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut one = [0u8; 1];
+        // A burst of 200 one-byte reads, then one more read after a pause.
+        c.write_all(&[1u8; 200]).unwrap();
+        wait_queued(&s, 200);
+        for _ in 0..200 {
+            s.read_exact(&mut one).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        c.write_all(&[2u8; 1]).unwrap();
+        wait_queued(&s, 1);
+        s.read_exact(&mut one).unwrap();
+        let last = Instant::now();
+        std::thread::sleep(Duration::from_millis(400));
+        let gap = last.elapsed().as_millis() as u64;
+        drop(c);
+        std::thread::sleep(Duration::from_millis(2500));
+        drop(s);
+        (ns, gap)
+    });
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 1);
+    assert_eq!(leaks.len(), 1, "{leaks:#?}");
+    let leak = &leaks[0];
+    // The FIN came `gap` after the last read (600 ms more had the pause's read been skipped).
+    let before_fin = ms(&leak["last_read_ms_ago"]) - ms(&leak["close_wait_ms"]);
+    assert!(
+        before_fin.abs_diff(gap_ms) <= 30,
+        "last read {before_fin} ms before the FIN, {gap_ms} ms by the test's clock: {leak}"
+    );
+}
+
 /// The entry time survives a restart: the pinned map keeps it, and an agent that stops gives
 /// the sockets it has not promoted yet their entries first.
 #[test]
