@@ -36,6 +36,31 @@ const ROUNDS: usize = 10;
 const RUN: Duration = Duration::from_secs(2);
 const THREADS: usize = 2;
 
+/// observer-ebpf's `floor` object: empty programs on the state, read and destroy tracepoints.
+static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
+/// The empty programs of [`FLOOR`], attached as BTF tracepoints until dropped: what hooking
+/// the agent's hot tracepoints costs before its programs do any work.
+struct Hooks(#[expect(dead_code, reason = "held: dropping it detaches the programs")] aya::Ebpf);
+
+impl Hooks {
+    fn attach() -> Self {
+        let btf = aya::Btf::from_sys_fs().unwrap();
+        let mut ebpf = aya::Ebpf::load(FLOOR).unwrap();
+        for (program, tracepoint) in [
+            ("floor_state", "inet_sock_set_state"),
+            ("floor_recv", "sock_recv_length"),
+            ("floor_destroy", "tcp_destroy_sock"),
+        ] {
+            let p: &mut aya::programs::BtfTracePoint =
+                ebpf.program_mut(program).unwrap().try_into().unwrap();
+            p.load(tracepoint, &btf).unwrap();
+            p.attach().unwrap();
+        }
+        Self(ebpf)
+    }
+}
+
 /// The release agent, with its own data and pin dirs, stdout to /dev/null.
 struct Agent {
     child: Child,
@@ -600,16 +625,32 @@ impl Row {
     }
 }
 
-/// Pairs of a baseline and an agent run of `work`, in alternating order; the agent's CPU is
-/// taken over its runs. Without `agent`, both runs of each pair are baselines: the noise floor,
-/// what the same pairing measures when nothing differs.
-fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, agent: bool) -> Row {
+/// What runs beside the workload in the second run of each pair.
+#[derive(Clone, Copy, PartialEq)]
+enum Beside {
+    /// A freshly started release agent.
+    Agent,
+    /// Empty programs on the hooks the agent's programs run on ([`Hooks`]).
+    EmptyPrograms,
+    /// Nothing: both runs are baselines (the noise floor).
+    Nothing,
+}
+
+/// Pairs of a baseline run of `work` and one with `beside`, in alternating order; the agent's
+/// CPU is taken over its runs. With [`Beside::Nothing`] the pairing measures what it does when
+/// nothing differs: the noise floor.
+fn compare(
+    name: &'static str,
+    unit: &'static str,
+    work: &dyn Fn() -> Sample,
+    beside: Beside,
+) -> Row {
     let (mut base, mut with, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut peak_kib = 0;
     for round in 0..ROUNDS {
-        // Odd rounds run the agent's side first.
+        // Odd rounds run the other side first.
         let swap = round % 2 == 1;
-        if !agent {
+        if beside == Beside::Nothing {
             let (first, second) = (work(), work());
             let (b, w) = if swap {
                 (second, first)
@@ -624,12 +665,19 @@ fn compare(name: &'static str, unit: &'static str, work: &dyn Fn() -> Sample, ag
         if !swap {
             base.push(work());
         }
-        let agent = Agent::start();
-        let (c0, t0) = (agent.cpu_seconds(), Instant::now());
-        with.push(work());
-        cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
-        peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
-        agent.stop();
+        if beside == Beside::EmptyPrograms {
+            let hooks = Hooks::attach();
+            with.push(work());
+            cpu.push(0.0);
+            drop(hooks);
+        } else {
+            let agent = Agent::start();
+            let (c0, t0) = (agent.cpu_seconds(), Instant::now());
+            with.push(work());
+            cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+            peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
+            agent.stop();
+        }
         if swap {
             base.push(work());
         }
@@ -748,10 +796,19 @@ fn close_wait_scale(n: usize) -> (u64, u64, u64, f64) {
     (rss, peak, maps, idle_cpu)
 }
 
-/// The throughput table: every workload whose name holds one of the words in `only` (all
-/// when empty), with and without the agent, and for the synthetic ones their noise floor and
+/// What a synthetic workload's overhead is read against: the noise floor, the hooks alone, and
 /// the kernel time in observer's programs.
-fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row, KernelTime)>) {
+struct References {
+    workload: &'static str,
+    floor: Row,
+    hooks: Row,
+    kernel: KernelTime,
+}
+
+/// The throughput table: every workload whose name holds one of the words in `only` (all
+/// when empty), with and without the agent, and for the synthetic ones their noise floor, the
+/// cost of the hooks alone (empty programs) and the kernel time in observer's programs.
+fn throughput(only: &[String]) -> (Vec<Row>, Vec<References>) {
     println!(
         "{:<32} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}  unit",
         format!("workload ({ROUNDS} pairs, medians)"),
@@ -792,14 +849,26 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<(&'static str, Row, KernelTime)
         .into_iter()
         .filter(|(name, _, _, _)| only.is_empty() || only.iter().any(|w| name.contains(w.as_str())))
         .map(|(name, unit, f, floor)| {
-            let r = compare(name, unit, f, true);
+            let r = compare(name, unit, f, Beside::Agent);
             println!("{}", r.line());
             if floor {
-                let floor = compare("  noise floor (no agent)", unit, f, false);
+                let floor = compare("  noise floor (no agent)", unit, f, Beside::Nothing);
                 println!("{}", floor.line());
+                let hooks = compare(
+                    "  hooks alone (empty programs)",
+                    unit,
+                    f,
+                    Beside::EmptyPrograms,
+                );
+                println!("{}", hooks.line());
                 let kernel = KernelTime::measure(f);
                 println!("  {}", kernel.line("in observer's programs"));
-                noise.push((name, floor, kernel));
+                noise.push(References {
+                    workload: name,
+                    floor,
+                    hooks,
+                    kernel,
+                });
             }
             if !only.is_empty() {
                 let pct = |v: Vec<f64>| v.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
@@ -910,11 +979,23 @@ fn main() {
 
     let mut t = String::new();
     let mut json: Vec<serde_json::Value> = rows.iter().map(Row::json).collect();
-    json.extend(noise.iter().map(|(name, r, _)| {
-        let mut v = r.json();
-        v["workload"] = serde_json::json!(format!("{name}: noise floor, no agent in either run"));
-        v
-    }));
+    json.extend(noise.iter().flat_map(
+        |References {
+             workload: name,
+             floor,
+             hooks,
+             ..
+         }| {
+            let mut f = floor.json();
+            f["workload"] =
+                serde_json::json!(format!("{name}: noise floor, no agent in either run"));
+            let mut h = hooks.json();
+            h["workload"] = serde_json::json!(format!(
+                "{name}: hooks alone, empty programs instead of the agent"
+            ));
+            [f, h]
+        },
+    ));
     let storm = &rows[1];
     let cpu_at_10k = storm.agent_cpu * 10_000.0 / Row::median_of(&storm.with, |s| s.rate);
     let _ = writeln!(
@@ -930,7 +1011,7 @@ fn main() {
         "rounds": ROUNDS, "run_seconds": RUN.as_secs(), "workloads": json,
         "agent_cpu_percent_at_10k_connections_per_second": cpu_at_10k,
         "rst_on_close": rst_json,
-        "kernel_time_in_programs": noise.iter().map(|(name, _, k)| serde_json::json!({"workload": name, "time": k.json()})).collect::<Vec<_>>(),
+        "kernel_time_in_programs": noise.iter().map(|r| serde_json::json!({"workload": r.workload, "time": r.kernel.json()})).collect::<Vec<_>>(),
         "rst_on_close_reader_stopped": stalled_json,
         "close_wait_50k": close_wait_json,
         "established_100k": established_json,

@@ -1,0 +1,37 @@
+//! Empty programs on the hooks observer's programs run on for every connection and every read
+//! (`sock:inet_sock_set_state`, `sock:sock_recv_length`, `tcp:tcp_destroy_sock`): the bench
+//! attaches them to measure what hooking those tracepoints costs before any work is done
+//! (`observer/benches/overhead.rs`, the "hooks alone" rows). Never loaded by the agent.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+/// Returns at once.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub(crate) fn floor_state(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// Returns at once.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub(crate) fn floor_recv(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// Returns at once.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub(crate) fn floor_destroy(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: nothing here can panic; never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
