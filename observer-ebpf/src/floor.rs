@@ -7,6 +7,8 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+mod runtime;
+
 /// Returns at once.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub(crate) fn floor_state(_ctx: BtfTracePointContext) -> i32 {
@@ -24,14 +26,3 @@ pub(crate) fn floor_recv(_ctx: BtfTracePointContext) -> i32 {
 pub(crate) fn floor_destroy(_ctx: BtfTracePointContext) -> i32 {
     0
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: nothing here can panic; never executed.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -12,6 +12,7 @@
 //! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.
 //! * `tcp_destroy` — `tcp:tcp_destroy_sock`: emits pending aborts, forgets the socket.
 //! * `sock_recv` — `sock:sock_recv_length` (or `tcp_recvmsg`): owner and last read.
+//! * `runtime` — the panic handler and license (shared with the `floor` object).
 //!
 //! Each hook has one entry point per program type (BTF tracepoint, raw tracepoint, classic
 //! tracepoint, kprobe where it applies); userspace attaches the first one the kernel accepts.
@@ -36,19 +37,9 @@ mod close_wait;
 mod emit;
 mod flows;
 mod maps;
+mod runtime;
 mod sock;
 mod sock_recv;
 mod sock_state;
 mod tcp_destroy;
 mod tcp_reset;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects programs that can reach this; it is never executed.
-    unsafe { core::hint::unreachable_unchecked() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
