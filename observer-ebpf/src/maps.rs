@@ -121,6 +121,14 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
 
+/// The socket whose `-> CLOSE` this CPU ran last, if it removed the socket's `SOCKS` entry and
+/// held no abort in `PENDING` (0 otherwise). Written: `sock_state` (`-> CLOSE`). Read and
+/// cleared: `tcp_destroy`, which then has nothing to look up: a socket's destroy mostly follows
+/// its `-> CLOSE` on the same CPU in the same call (`tcp_done`, `__tcp_close`), and no entry can
+/// appear in between (`sock_recv` does not track closed sockets; leaving CLOSE records again).
+#[map]
+pub(crate) static JUST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// sk -> abort seen at `-> CLOSE`, waiting for the RST reason. Inserted: `sock_state`.
 /// Updated: `tcp_reset`. Emitted and deleted: `tcp_destroy`, a few instructions later in the
 /// same `close()`. LRU, so an entry whose socket is never destroyed cannot pin the map.

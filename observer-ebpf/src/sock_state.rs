@@ -35,7 +35,7 @@ use observer_common::{
 
 use crate::{
     close_wait, emit, flows,
-    maps::{PENDING, SOCKS, config_flag},
+    maps::{JUST_CLOSED, PENDING, SOCKS, config_flag},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
 };
@@ -157,17 +157,24 @@ fn try_run<C: EbpfContext, const B: bool>(
             }
         }
         tcp::CLOSE => {
-            on_abort(ctx, sk, st, old)?;
+            let held = on_abort(ctx, sk, st, old)?;
             flows::close(ctx, sk, st, old)?;
             let _ = SOCKS.remove(sk.key());
+            if !held {
+                // Nothing left for `tcp_destroy` to do with this socket.
+                if let Some(last) = JUST_CLOSED.get_ptr_mut(0) {
+                    // SAFETY: this CPU's slot, valid for this program run.
+                    unsafe { *last = sk.key() };
+                }
+            }
         }
         _ => {}
     }
     Ok(())
 }
 
-/// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it.
-/// Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
+/// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it; true
+/// when the report is held in `PENDING` for `tcp_destroy`. Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
 /// functions on exclusive branches they never share the 512-byte stack.
 #[inline(never)]
 fn on_abort<C: EbpfContext, const B: bool>(
@@ -175,19 +182,19 @@ fn on_abort<C: EbpfContext, const B: bool>(
     sk: Sock<B>,
     st: Option<*mut SockState>,
     old: i32,
-) -> Result<(), i32> {
+) -> Result<bool, i32> {
     if !tcp::abortable(old, false) {
-        return Ok(());
+        return Ok(false);
     }
     let shutdown: u8 = sk.read(off!(sk_shutdown))?;
     if shutdown != tcp::SHUTDOWN_MASK {
-        return Ok(());
+        return Ok(false);
     }
     let err: i32 = sk.read(off!(sk_err))?;
     let flags: u64 = sk.read(off!(sk_flags))?;
     let sock_done = flags & (1 << off!(flag_done)) != 0;
     if err != 0 || flags & (1 << off!(flag_dead)) != 0 || !tcp::abortable(old, sock_done) {
-        return Ok(());
+        return Ok(false);
     }
     let tcp = sk.tcp()?;
     let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;
@@ -200,7 +207,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
         let linger = flags & (1 << off!(flag_linger)) != 0;
         let lingertime: u64 = sk.read(off!(sk_lingertime))?;
         if !linger || lingertime != 0 {
-            return Ok(());
+            return Ok(false);
         }
         Kind::LingerAbort
     };
@@ -250,7 +257,8 @@ fn on_abort<C: EbpfContext, const B: bool>(
     } else {
         emit::event(ctx, &ev);
     }
-    Ok(())
+    // Held even when the insert failed: `tcp_destroy` then looks and finds nothing.
+    Ok(at_destroy)
 }
 
 #[inline(always)]
@@ -277,7 +285,9 @@ fn insert<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, st: &SockState) {
     }
 }
 
-/// Shared with `sock_recv`: a new entry for a socket first seen being read.
+/// Shared with `sock_recv`: a new entry for a socket first seen being read, unless it is
+/// closed (a read after a reset): nothing reads its entry any more, and `tcp_destroy` may not
+/// look for one (see `JUST_CLOSED`).
 #[inline(always)]
 pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     ctx: &C,
@@ -285,6 +295,9 @@ pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     pid: u32,
     read_ns: u64,
 ) {
+    if !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) != tcp::CLOSE) {
+        return;
+    }
     let mut st = fresh(Role::Unknown);
     set_owner::<B>(&mut st, pid);
     st.last_read_ns = read_ns;

@@ -1,5 +1,6 @@
 //! `tcp:tcp_destroy_sock`: the end of a socket. Emits an abort left pending by `sock_state`
-//! (with the RST reason `tcp_reset` added meanwhile) and forgets the socket.
+//! (with the RST reason `tcp_reset` added meanwhile) and forgets the socket; nothing to do,
+//! and no lookup, when this CPU's last `-> CLOSE` was this socket's and held no abort.
 //!
 //! In `__tcp_close` an aborted socket reaches `inet_csk_destroy_sock()` in the same call, after
 //! the state change and the reset. <https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp_ipv4.c>
@@ -16,7 +17,7 @@ use aya_ebpf::{
 
 use crate::{
     emit,
-    maps::{PENDING, SOCKS},
+    maps::{JUST_CLOSED, PENDING, SOCKS},
     off,
 };
 
@@ -44,6 +45,17 @@ pub(crate) fn destroy_tp(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn run<C: EbpfContext>(ctx: &C, sk: u64) -> i32 {
+    // The usual case: the socket's `-> CLOSE` ran just before on this CPU, removed its entry
+    // and held no abort (`tcp_done`, or `__tcp_close` of an orphan): nothing to look up.
+    if let Some(last) = JUST_CLOSED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid for this program run.
+        unsafe {
+            if *last == sk {
+                *last = 0;
+                return 0;
+            }
+        }
+    }
     // SAFETY: LRU entry, copied out before it is removed.
     if let Some(ev) = unsafe { PENDING.get(sk) } {
         let ev = *ev;
