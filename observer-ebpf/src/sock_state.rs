@@ -174,8 +174,9 @@ fn try_run<C: EbpfContext, const B: bool>(
 }
 
 /// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it; true
-/// when the report is held in `PENDING` for `tcp_destroy`. Not inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
-/// functions on exclusive branches they never share the 512-byte stack.
+/// when the report is held in `PENDING` for `tcp_destroy`. Not inlined: its event is a large
+/// stack object, and so is `close_wait`'s; as separate BPF functions on exclusive branches
+/// they never share the 512-byte stack.
 #[inline(never)]
 fn on_abort<C: EbpfContext, const B: bool>(
     ctx: &C,
