@@ -40,7 +40,7 @@ use crate::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
-    metrics::{Peers, SelfMetrics, WorkloadPeer},
+    metrics::{Peers, SelfMetrics, WorkloadPeer, labelled_peer},
     owners,
     probes::Promoter,
     sock_diag as diag,
@@ -210,19 +210,13 @@ impl Metrics {
         // instead of once per socket is most of this scan's cost.
         let mut groups: HashMap<Group<'_>, (i64, u64)> = HashMap::new();
         for v in views {
-            // A server's peers are labelled by address: their ports never split a group.
-            let port = if v.role == Role::Client {
-                v.peer_port
-            } else {
-                0
-            };
             let key = (
                 v.namespace.as_deref().unwrap_or_default(),
                 v.pod.as_deref().unwrap_or_default(),
                 v.container.as_deref().unwrap_or_default(),
                 v.comm.as_str(),
                 v.role,
-                SocketAddr::new(v.peer_addr, port),
+                labelled_peer(v.role, SocketAddr::new(v.peer_addr, v.peer_port)),
             );
             let slot = groups.entry(key).or_default();
             slot.0 += 1;

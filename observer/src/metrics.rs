@@ -37,6 +37,16 @@ pub fn registry() -> Registry {
     Registry::with_prefix("observer")
 }
 
+/// The part of `peer` its label names: a client's peer is a service (ip:port); a server's
+/// peers are clients whose ports are ephemeral (port 0 here, the address alone in the label).
+/// Callers that count many sockets group them by it before building labels.
+pub fn labelled_peer(role: Role, peer: SocketAddr) -> SocketAddr {
+    match role {
+        Role::Client => peer,
+        Role::Server | Role::Unknown => SocketAddr::new(peer.ip(), 0),
+    }
+}
+
 /// Workload and peer: the labels of every detector series.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct WorkloadPeer {
@@ -120,11 +130,11 @@ impl Peers {
 
     /// [`Self::label`] at `now`.
     pub fn label_at(&self, role: Role, peer: SocketAddr, now: Instant) -> String {
-        let name = match role {
-            // A client's peer is a service (ip:port); a server's peers are clients whose ports
-            // are ephemeral.
-            Role::Client => peer.to_string(),
-            Role::Server | Role::Unknown => peer.ip().to_string(),
+        let labelled = labelled_peer(role, peer);
+        let name = if labelled.port() == 0 {
+            labelled.ip().to_string()
+        } else {
+            labelled.to_string()
         };
         // Short critical section, never held across an await.
         let mut state = self.lock();

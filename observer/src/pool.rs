@@ -48,7 +48,7 @@ use crate::{
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     map_read,
-    metrics::{HasPeer, PeerSeries, Peers, SelfMetrics, WorkloadPeer},
+    metrics::{HasPeer, PeerSeries, Peers, SelfMetrics, WorkloadPeer, labelled_peer},
     owners,
     sock_diag::{self, DiagSocket},
 };
@@ -521,13 +521,9 @@ impl Monitor {
                 .find_map(|k| closers.get(k))
                 .copied();
             let role = owner.map_or(Role::Unknown, |o| Role::from_wire(o.role));
-            // A server's (or unknown) peers are labelled by address only.
-            let peer = if role == Role::Client {
-                s.tuple.peer
-            } else {
-                SocketAddr::new(s.tuple.peer.ip(), 0)
-            };
-            *groups.entry((owner, peer)).or_default() += 1;
+            *groups
+                .entry((owner, labelled_peer(role, s.tuple.peer)))
+                .or_default() += 1;
         }
         let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
         for ((owner, peer), n) in groups {

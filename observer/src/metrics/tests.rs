@@ -20,6 +20,13 @@ fn clients_name_services_servers_name_hosts() {
         "ephemeral ports never become labels"
     );
     assert_eq!(peers.label(Role::Unknown, peer(51235)), "10.0.0.1");
+    // What callers group sockets by before labelling: one group per label.
+    assert_eq!(labelled_peer(Role::Client, peer(6379)), peer(6379));
+    assert_eq!(labelled_peer(Role::Server, peer(51234)), peer(0));
+    assert_eq!(
+        labelled_peer(Role::Unknown, peer(51235)),
+        labelled_peer(Role::Server, peer(40000))
+    );
 }
 
 #[test]
