@@ -71,6 +71,11 @@ struct Agent {
 
 impl Agent {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The agent with `extra` flags.
+    fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let pins = format!("/sys/fs/bpf/observer-bench-{}", std::process::id());
         let mut child = Command::new(env!("CARGO_BIN_EXE_observer"))
@@ -83,6 +88,7 @@ impl Agent {
                 "--data-dir",
             ])
             .arg(data.path())
+            .args(extra)
             .env("OBSERVER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -628,8 +634,8 @@ impl Row {
 /// What runs beside the workload in the second run of each pair.
 #[derive(Clone, Copy, PartialEq)]
 enum Beside {
-    /// A freshly started release agent.
-    Agent,
+    /// A freshly started release agent, with these flags.
+    Agent(&'static [&'static str]),
     /// Empty programs on the hooks the agent's programs run on ([`Hooks`]).
     EmptyPrograms,
     /// Nothing: both runs are baselines (the noise floor).
@@ -671,7 +677,10 @@ fn compare(
             cpu.push(0.0);
             drop(hooks);
         } else {
-            let agent = Agent::start();
+            let Beside::Agent(flags) = beside else {
+                unreachable!("handled above")
+            };
+            let agent = Agent::start_with(flags);
             let (c0, t0) = (agent.cpu_seconds(), Instant::now());
             with.push(work());
             cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
@@ -845,12 +854,24 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<References>) {
         ),
     ];
     let mut noise = Vec::new();
-    let rows = work
+    let mut variants = Vec::new();
+    let mut rows: Vec<Row> = work
         .into_iter()
         .filter(|(name, _, _, _)| only.is_empty() || only.iter().any(|w| name.contains(w.as_str())))
         .map(|(name, unit, f, floor)| {
-            let r = compare(name, unit, f, Beside::Agent);
+            let r = compare(name, unit, f, Beside::Agent(&[]));
             println!("{}", r.line());
+            if name.starts_with("request/response") {
+                // The read hook is most of the cost here; operators can leave it out.
+                let skip = compare(
+                    "  agent with --skip-probes reads",
+                    unit,
+                    f,
+                    Beside::Agent(&["--skip-probes", "reads"]),
+                );
+                println!("{}", skip.line());
+                variants.push(skip);
+            }
             if floor {
                 let floor = compare("  noise floor (no agent)", unit, f, Beside::Nothing);
                 println!("{}", floor.line());
@@ -881,6 +902,7 @@ fn throughput(only: &[String]) -> (Vec<Row>, Vec<References>) {
             r
         })
         .collect();
+    rows.extend(variants);
     (rows, noise)
 }
 
@@ -996,7 +1018,7 @@ fn main() {
             [f, h]
         },
     ));
-    let storm = &rows[1];
+    let storm = rows.iter().find(|r| r.name == "connection storm").unwrap();
     let cpu_at_10k = storm.agent_cpu * 10_000.0 / Row::median_of(&storm.with, |s| s.rate);
     let _ = writeln!(
         t,

@@ -147,6 +147,19 @@ pub struct ProbeArgs {
     )]
     pub hook_types: Vec<HookType>,
 
+    /// Optional probes not to attach (comma-separated: reads, destroy, reset_reason). Without
+    /// `reads` no program runs on every recvmsg (the largest cost on keep-alive traffic):
+    /// owners come from connect, listen and close only, events carry no last-read time, and a
+    /// CLOSE_WAIT leak's unread bytes are those when it was found.
+    #[arg(
+        long,
+        env = "OBSERVER_SKIP_PROBES",
+        value_name = "PROBES",
+        value_delimiter = ',',
+        value_parser = ["reads", "destroy", "reset_reason"]
+    )]
+    pub skip_probes: Vec<String>,
+
     /// Directory on bpffs where maps that must outlive the agent are pinned (the CLOSE_WAIT
     /// table): a restarted agent finds them there with every socket's true entry time.
     #[arg(
@@ -431,6 +444,7 @@ mod tests {
         assert_eq!(a.log_events, LogEvents::Stdout);
         assert_eq!(a.close_wait_threshold, std::time::Duration::from_secs(30));
         assert_eq!(a.probes.pin_dir, PathBuf::from("/sys/fs/bpf/observer"));
+        assert!(a.probes.skip_probes.is_empty());
         assert!(a.validate().is_ok());
     }
 
@@ -440,6 +454,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown hook type \"fentry\""), "{e}");
+        let e = parse(&["agent", "--skip-probes", "reads,state"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value 'state' for '--skip-probes"),
+            "{e}"
+        );
         let e = parse(&["agent", "--log-events", "file"])
             .unwrap_err()
             .to_string();

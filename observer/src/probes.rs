@@ -168,7 +168,11 @@ impl Probes {
             .load(OBJECT)?;
         let mut plan = Vec::new();
         for purpose in attach::OPTIONAL {
-            plan.push(attach::attach(&mut ebpf, purpose, &btf, layout, allowed));
+            plan.push(if args.skip_probes.iter().any(|s| s == purpose.name) {
+                attach::skipped(purpose)
+            } else {
+                attach::attach(&mut ebpf, purpose, &btf, layout, allowed)
+            });
         }
         let destroy = plan
             .iter()
@@ -250,6 +254,12 @@ impl Probes {
                         warn!(purpose = p.purpose, r#type = %ty, refused = %p.refusals(), "probe attached through a fallback");
                     }
                 }
+                None if p.is_skipped() => {
+                    info!(
+                        purpose = p.purpose,
+                        "optional probe left out with --skip-probes"
+                    );
+                }
                 None => {
                     warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable");
                 }
@@ -326,6 +336,11 @@ impl Probes {
 }
 
 impl PlanEntry {
+    /// Whether the operator left this purpose out (`--skip-probes`).
+    pub fn is_skipped(&self) -> bool {
+        self.chosen.is_none() && self.refused.iter().any(|(_, why)| why == attach::SKIPPED)
+    }
+
     /// Every refusal as one line.
     pub fn refusals(&self) -> String {
         self.refused

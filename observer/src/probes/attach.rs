@@ -77,6 +77,19 @@ pub(super) const OPTIONAL: &[Purpose] = &[
     },
 ];
 
+/// Why a purpose left out with `--skip-probes` has no hook.
+pub(super) const SKIPPED: &str = "left out with --skip-probes";
+
+/// The plan entry of an optional purpose left out with `--skip-probes`.
+pub(super) fn skipped(purpose: &Purpose) -> PlanEntry {
+    PlanEntry {
+        purpose: purpose.name,
+        required: purpose.required,
+        chosen: None,
+        refused: vec![("any".to_owned(), SKIPPED.to_owned())],
+    }
+}
+
 /// Tries the candidates of `purpose` whose type is in `allowed`, in the order of `allowed`,
 /// until one loads and attaches.
 pub(super) fn attach(

@@ -1,9 +1,10 @@
 //! The fallback hook types really work: forced to raw or classic tracepoints, the agent
 //! detects the same abort with the same fields, and a CLOSE_WAIT leak with the entries the
 //! programs insert on entry (the promotion iterator is a BTF program, left out with tp_btf).
+//! Without the read hook (`--skip-probes reads`) a leak is still reported and attributed.
 
 use std::{
-    io::Write as _,
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     time::{Duration, Instant},
 };
@@ -77,4 +78,52 @@ fn classic_tracepoints() {
     if require_bpf() {
         detects_with("tracepoint");
     }
+}
+
+#[test]
+fn without_the_read_hook() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--skip-probes", "reads", "--close-wait-threshold", "1s"]);
+    let (ns, sport) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.write_all(&[1u8; 100]).unwrap();
+        let mut got = [0u8; 100];
+        s.read_exact(&mut got).unwrap();
+        // The client leaves; the server never closes its end: CLOSE_WAIT.
+        drop(c);
+        std::thread::sleep(Duration::from_millis(2500));
+        let sport = s.local_addr().unwrap().port();
+        drop(s);
+        (ns, sport)
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let evs = loop {
+        let evs = agent.events(ns, 1, Duration::from_secs(1), Duration::ZERO);
+        if !of_kind(&evs, "close_wait_leak").is_empty() || Instant::now() > deadline {
+            break evs;
+        }
+    };
+    let leaks = of_kind(&evs, "close_wait_leak");
+    assert_eq!(leaks.len(), 1, "{evs:#?}");
+    let leak = leaks[0];
+    assert_eq!(leak["local_port"], sport);
+    assert_eq!(leak["role"], "server");
+    // No program saw the read or a close: the owner comes from the socket's file.
+    assert_eq!(leak["pid"], std::process::id(), "{leak:#}");
+    assert_eq!(
+        leak["last_read_ms_ago"],
+        Value::Null,
+        "no read hook: {leak:#}"
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success());
+    assert_eq!(log.matches("probe attached").count(), 3, "{log}");
+    assert!(
+        log.contains("optional probe left out with --skip-probes purpose=\"reads\""),
+        "{log}"
+    );
 }
