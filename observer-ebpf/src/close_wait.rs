@@ -135,7 +135,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     let Some((sk, tcp)) = Sock::full_tcp(skc) else {
         return 0;
     };
-    if !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) == tcp::CLOSE_WAIT) {
+    if sk.state() != Ok(tcp::CLOSE_WAIT) {
         return 0;
     }
     let Some(st) = SOCKS.get_ptr_mut(sk.key()) else {

@@ -116,7 +116,8 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
-/// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`, `close_wait::promote`. Deleted: `sock_state` (CLOSE).
+/// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`,
+/// `close_wait::promote`. Deleted: `sock_state` (CLOSE), `tcp_destroy` (an entry left behind).
 /// LRU, so a missed CLOSE cannot leak an entry.
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);

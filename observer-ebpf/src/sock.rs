@@ -119,6 +119,12 @@ impl<const BTF: bool> Sock<BTF> {
         }
     }
 
+    /// The TCP state (`sock_common.skc_state`, a `tcp::` constant).
+    #[inline(always)]
+    pub(crate) fn state(self) -> Result<i32, i32> {
+        self.read::<u8>(off!(skc_state)).map(i32::from)
+    }
+
     /// Whether this is an IPv4 or IPv6 TCP socket; every hook filters on it first.
     #[inline(always)]
     pub(crate) fn is_tcp(self) -> Result<bool, i32> {

@@ -167,6 +167,5 @@ fn read_recently<const B: bool>(sk: Sock<B>, pid: u32, last: *mut LastRead) -> b
     }
     // SAFETY: no preconditions. (Tracing programs may not read the coarse clock.)
     let now = unsafe { bpf_ktime_get_ns() };
-    now.wrapping_sub(last.at_ns) < RECENT_NS
-        && !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) == tcp::CLOSE_WAIT)
+    now.wrapping_sub(last.at_ns) < RECENT_NS && sk.state() != Ok(tcp::CLOSE_WAIT)
 }

@@ -296,7 +296,7 @@ pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     pid: u32,
     read_ns: u64,
 ) {
-    if !matches!(sk.read::<u8>(off!(skc_state)), Ok(s) if i32::from(s) != tcp::CLOSE) {
+    if !matches!(sk.state(), Ok(s) if s != tcp::CLOSE) {
         return;
     }
     let mut st = fresh(Role::Unknown);
