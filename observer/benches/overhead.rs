@@ -1,17 +1,17 @@
 //! What observer costs the node (root only; `cargo xtask bench`). Each workload runs
 //! `ROUNDS` times without the agent and `ROUNDS` times with it, in adjacent pairs whose order
 //! alternates (without first, then with first: the second run of a pair is the slower on the
-//! development VM, agent or not, and neither side may always take it). Two figures per run: the throughput, and the node's busy CPU
-//! time per operation (`/proc/stat`: user, system, irq and softirq of every CPU, the agent's
-//! own included; steal and idle are not). The overheads are medians of the ratios within each
-//! adjacent pair: the machines are noisy, so absolute figures mean little and pairs taken a few
-//! seconds apart mean more. CPU per operation is the steadier of the two on a shared VM: it
-//! does not move when the hypervisor takes the CPU away, throughput does. Also: the agent's CPU
-//! and peak RSS, the abort rate it reports with no event lost, and its memory with 50,000
-//! sockets in CLOSE_WAIT and 100,000 established connections; and, in three more runs of each
-//! synthetic workload with `kernel.bpf_stats_enabled`, the kernel time in each program (the
-//! median run). Writes `target/bench/overhead.json`. Not a test: under `cargo test` it exits
-//! at once.
+//! development VM, agent or not, and neither side may always take it). Two figures per run:
+//! the throughput, and the node's busy CPU time per operation (`/proc/stat`: user, system, irq
+//! and softirq of every CPU, the agent's own included; steal and idle are not). The overheads
+//! are medians of the ratios within each adjacent pair: the machines are noisy, so absolute
+//! figures mean little and pairs taken a few seconds apart mean more. CPU per operation is the
+//! steadier of the two on a shared VM: it does not move when the hypervisor takes the CPU
+//! away, throughput does. Also: the agent's CPU and peak RSS, the abort rate it reports with
+//! no event lost, and its memory with 50,000 sockets in CLOSE_WAIT and 100,000 established
+//! connections; and, in three more runs of each synthetic workload with
+//! `kernel.bpf_stats_enabled`, the kernel time in each program (the median run). Writes
+//! `target/bench/overhead.json`. Not a test: under `cargo test` it exits at once.
 #![expect(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -275,9 +275,9 @@ impl KernelTime {
     }
 
     /// One run of `work` with a fresh agent and `kernel.bpf_stats_enabled`: each program's run
-    /// count and run time, per operation. The counters add two clock reads to every call
-    /// (about 0.1 µs on the development VM), which the figures include; the overhead pairs run
-    /// without them.
+    /// count and run time, per operation. The counters add two clock reads to every call (an
+    /// empty program reads about 60 ns on the development VM), which the figures include; the
+    /// overhead pairs run without them.
     fn measure_once(work: &dyn Fn() -> Sample) -> Self {
         const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
         let before = std::fs::read_to_string(STATS).unwrap();
@@ -632,7 +632,7 @@ impl Row {
 }
 
 /// What runs beside the workload in the second run of each pair.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Beside {
     /// A freshly started release agent, with these flags.
     Agent(&'static [&'static str]),
@@ -656,36 +656,28 @@ fn compare(
     for round in 0..ROUNDS {
         // Odd rounds run the other side first.
         let swap = round % 2 == 1;
-        if beside == Beside::Nothing {
-            let (first, second) = (work(), work());
-            let (b, w) = if swap {
-                (second, first)
-            } else {
-                (first, second)
-            };
-            base.push(b);
-            with.push(w);
-            cpu.push(0.0);
-            continue;
-        }
         if !swap {
             base.push(work());
         }
-        if beside == Beside::EmptyPrograms {
-            let hooks = Hooks::attach();
-            with.push(work());
-            cpu.push(0.0);
-            drop(hooks);
-        } else {
-            let Beside::Agent(flags) = beside else {
-                unreachable!("handled above")
-            };
-            let agent = Agent::start_with(flags);
-            let (c0, t0) = (agent.cpu_seconds(), Instant::now());
-            with.push(work());
-            cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
-            peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
-            agent.stop();
+        match beside {
+            Beside::Nothing => {
+                with.push(work());
+                cpu.push(0.0);
+            }
+            Beside::EmptyPrograms => {
+                let hooks = Hooks::attach();
+                with.push(work());
+                cpu.push(0.0);
+                drop(hooks);
+            }
+            Beside::Agent(flags) => {
+                let agent = Agent::start_with(flags);
+                let (c0, t0) = (agent.cpu_seconds(), Instant::now());
+                with.push(work());
+                cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);
+                peak_kib = peak_kib.max(agent.status_kib("VmHWM:"));
+                agent.stop();
+            }
         }
         if swap {
             base.push(work());
