@@ -4,9 +4,11 @@
 //!
 //! The hot path of a keep-alive connection is the same process reading the same socket again
 //! and again: the BTF program remembers the last read on each CPU ([`LAST_READ`]) and skips
-//! the lookup for a read of the same socket by the same process within [`RECENT_NS`], unless
-//! the socket is in CLOSE_WAIT (whose reads update the leak's entry). The last-read time is
-//! then precise to 10 ms, and a changed reader is seen at its first read.
+//! the lookup for a read of the same socket by the same process that consumed nothing (`EOF`,
+//! `EAGAIN`, a peek) or came within [`RECENT_NS`] of its last consuming read, unless the
+//! socket is in CLOSE_WAIT (whose reads update the leak's entry). Its clock is the socket's own
+//! (`tcp_mstamp`, refreshed by the read), not a clock read. The last-read time is then precise
+//! to 10 ms, and a changed reader is seen at its first read.
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sock.h>
 //!
 //! # Minimum kernel version
@@ -15,7 +17,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, kprobe, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
@@ -95,24 +97,34 @@ const RECENT_NS: u64 = 10_000_000;
 fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i32) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
+    let consumed = ret > 0 && flags & MSG_PEEK == 0;
     // BTF programs only: the others are the fallbacks, where reading the state is a probe read.
     let last = if B {
         last_read(sk, pid_tgid as u32)
     } else {
         None
     };
-    if let Some(last) = last
-        && read_recently(sk, pid, last)
-    {
-        return 0;
-    }
     // A read that copied data has just refreshed the socket's clock (`tcp_rcv_space_adjust`);
     // the kprobe fallback runs before the read and is not BTF-typed, so it reads the clock.
-    let consumed_at = if ret > 0 && flags & MSG_PEEK == 0 {
-        sk.refreshed_now_ns()
-    } else {
-        0
-    };
+    let mut consumed_at = 0;
+    if let Some(last) = last {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for this program run.
+        let seen = unsafe { &*last };
+        if seen.sk == sk.key() && seen.pid == pid {
+            if consumed {
+                consumed_at = sk.refreshed_now_ns();
+            }
+            // The same reader again, soon after its last consuming read (or consuming nothing
+            // this time): nothing to record, unless the socket is in CLOSE_WAIT.
+            let recent = !consumed || consumed_at.wrapping_sub(seen.at_ns) < RECENT_NS;
+            if recent && sk.state() != Ok(tcp::CLOSE_WAIT) {
+                return 0;
+            }
+        }
+    }
+    if consumed && consumed_at == 0 {
+        consumed_at = sk.refreshed_now_ns();
+    }
     match SOCKS.get_ptr_mut(sk.key()) {
         // SAFETY: LRU entry pointer, valid for this program run.
         Some(st) => unsafe {
@@ -154,18 +166,4 @@ fn last_read<const B: bool>(sk: Sock<B>, tid: u32) -> Option<*mut LastRead> {
     let dport: u16 = sk.read(off!(skc_dport)).ok()?;
     let slot = (u32::from(dport).wrapping_mul(0x9e37_79b9) >> 16 ^ tid) % LAST_READ_SLOTS;
     LAST_READ.get_ptr_mut(slot)
-}
-
-/// Whether `pid` consumed data from `sk` on this CPU within [`RECENT_NS`] (as `last` says),
-/// with `sk` not in CLOSE_WAIT. The clock is read only when the socket and reader match.
-#[inline(always)]
-fn read_recently<const B: bool>(sk: Sock<B>, pid: u32, last: *mut LastRead) -> bool {
-    // SAFETY: as in `track`.
-    let last = unsafe { &*last };
-    if last.sk != sk.key() || last.pid != pid {
-        return false;
-    }
-    // SAFETY: no preconditions. (Tracing programs may not read the coarse clock.)
-    let now = unsafe { bpf_ktime_get_ns() };
-    now.wrapping_sub(last.at_ns) < RECENT_NS && sk.state() != Ok(tcp::CLOSE_WAIT)
 }
