@@ -189,10 +189,10 @@ impl Config {
     pub const FLAGS: u32 = 0;
     /// Number of entries.
     pub const LEN: u32 = 1;
-    /// Flag: `tcp:tcp_destroy_sock` is attached: hold aborts in `PENDING` until the socket is
-    /// destroyed, so the RST reason traced in between can be added. Without it, emit at the
-    /// state change.
-    pub const EMIT_AT_DESTROY: u32 = 1;
+    /// Flag: `tcp:tcp_send_reset` is attached and carries the reason (6.10+): hold aborts in
+    /// `PENDING` until the reset the kernel sends right after the state change, which adds the
+    /// RST reason and emits them. Without it, emit at the state change.
+    pub const EMIT_AT_RESET: u32 = 1;
     /// Flag: the agent runs the `iter/tcp` promotion: `-> CLOSE_WAIT` only records
     /// the entry time in `SOCKS`, and the iterator inserts `CLOSE_WAIT` entries for the sockets
     /// still there. Without it, every socket gets its entry on `-> CLOSE_WAIT`.

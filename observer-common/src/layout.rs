@@ -93,7 +93,5 @@ pub struct Offsets {
     pub tp_recv_ret: u32,
     /// `sock/sock_recv_length`: `flags`.
     pub tp_recv_flags: u32,
-    /// `tcp/tcp_destroy_sock`: `skaddr`.
-    pub tp_destroy_skaddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 39 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4);

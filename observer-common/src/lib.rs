@@ -38,7 +38,7 @@ pub mod maps {
     pub const CW_EPOCH: &str = "CW_EPOCH";
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
-    /// Aborts seen at the state change, completed by the reset and emitted at destroy.
+    /// Aborts seen at the state change, completed and emitted by the reset that follows.
     pub const PENDING: &str = "PENDING";
     /// Connection counts per owner, peer and role ([`crate::flow`]).
     pub const FLOWS: &str = "FLOWS";

@@ -9,8 +9,7 @@
 //!   `iter/tcp` promotion of the sockets still in CLOSE_WAIT when the agent scans.
 //! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
 //! * `flows` — connection counts per owner and peer, listeners' and first closers' owners.
-//! * `tcp_reset` — `tcp:tcp_send_reset`: the kernel's RST reason for a pending abort.
-//! * `tcp_destroy` — `tcp:tcp_destroy_sock`: emits pending aborts, forgets the socket.
+//! * `tcp_reset` — `tcp:tcp_send_reset`: adds the kernel's RST reason to a pending abort, emits it.
 //! * `sock_recv` — `sock:sock_recv_length` (or `tcp_recvmsg`): owner and last read.
 //! * `runtime` — the panic handler and license (shared with the `floor` object).
 //!
@@ -41,5 +40,4 @@ mod runtime;
 mod sock;
 mod sock_recv;
 mod sock_state;
-mod tcp_destroy;
 mod tcp_reset;

@@ -117,22 +117,18 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
 /// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`,
-/// `close_wait::promote`. Deleted: `sock_state` (CLOSE), `tcp_destroy` (an entry left behind).
-/// LRU, so a missed CLOSE cannot leak an entry.
+/// `close_wait::promote`. Deleted: `sock_state` (CLOSE, which every full TCP socket passes
+/// before it is destroyed). Replaced at SYN_SENT and for a passive child at ESTABLISHED: a new
+/// socket at the address of an entry left behind starts afresh. LRU, so a missed CLOSE cannot
+/// leak an entry.
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
 
-/// The socket whose `-> CLOSE` this CPU ran last, if it removed the socket's `SOCKS` entry and
-/// held no abort in `PENDING` (0 otherwise). Written: `sock_state` (`-> CLOSE`). Read and
-/// cleared: `tcp_destroy`, which then has nothing to look up: a socket's destroy mostly follows
-/// its `-> CLOSE` on the same CPU in the same call (`tcp_done`, `__tcp_close`), and no entry can
-/// appear in between (`sock_recv` does not track closed sockets; leaving CLOSE records again).
-#[map]
-pub(crate) static JUST_CLOSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// sk -> abort seen at `-> CLOSE`, waiting for the RST reason. Inserted: `sock_state`.
-/// Updated: `tcp_reset`. Emitted and deleted: `tcp_destroy`, a few instructions later in the
-/// same `close()`. LRU, so an entry whose socket is never destroyed cannot pin the map.
+/// sk -> abort seen at `-> CLOSE`, waiting for the RST reason (only when the agent sets
+/// `Config::EMIT_AT_RESET`). Inserted: `sock_state`. Emitted with the reason and deleted:
+/// `tcp_reset`, a few instructions later in the same `close()`. Emitted without one and deleted:
+/// the agent, for an entry whose reset never came (over a second old). LRU, so entries can never
+/// pin the map.
 #[map]
 pub(crate) static PENDING: LruHashMap<u64, RawEvent> = LruHashMap::with_max_entries(4096, 0);
 

@@ -35,7 +35,7 @@ use observer_common::{
 
 use crate::{
     close_wait, emit, flows,
-    maps::{JUST_CLOSED, PENDING, SOCKS, config_flag},
+    maps::{PENDING, SOCKS, config_flag},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
 };
@@ -95,14 +95,20 @@ fn try_run<C: EbpfContext, const B: bool>(
     if !sk.is_tcp()? {
         return Ok(());
     }
+    // A passive child completing the handshake: a new socket, not accepted yet (no file).
+    // `SYN_SENT -> SYN_RECV -> ESTABLISHED` is a client's simultaneous open (or a connect to
+    // itself), whose socket has one.
+    let child =
+        new == tcp::ESTABLISHED && old == tcp::SYN_RECV && sk.read::<u64>(off!(sk_socket))? == 0;
     // One lookup serves every step below, and only the steps that use it look: the entry does
-    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, and FIN_WAIT2 and CLOSING change
-    // nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
-    let uses_entry = matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
-        || matches!(
-            new,
-            tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
-        );
+    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, nor for a child (it gets a fresh one),
+    // and FIN_WAIT2 and CLOSING change nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
+    let uses_entry = !child
+        && (matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
+            || matches!(
+                new,
+                tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
+            ));
     let st = if uses_entry {
         SOCKS.get_ptr_mut(sk.key())
     } else {
@@ -126,21 +132,23 @@ fn try_run<C: EbpfContext, const B: bool>(
             insert(ctx, sk, &st);
         }
         tcp::ESTABLISHED => {
-            if let Some(st) = st {
-                // SAFETY: LRU entry pointer, valid for this program run.
-                let st = unsafe { &mut *st };
-                // Softirq, processing the segment that completed the handshake.
-                st.established_ns = sk.refreshed_now_ns();
-                if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
-                    flows::open(ctx, sk, st, Role::Client)?;
-                }
-            } else if old == tcp::SYN_RECV {
+            if child {
+                // Whatever an entry under its address says (one a socket there before it left
+                // behind is replaced).
                 let mut st = fresh(Role::Server);
                 st.established_ns = sk.refreshed_now_ns();
                 // Tracked even if counting fails (the failure is counted by the caller).
                 let counted = flows::open(ctx, sk, &mut st, Role::Server);
                 insert(ctx, sk, &st);
                 counted?;
+            } else if let Some(st) = st {
+                // SAFETY: LRU entry pointer, valid for this program run.
+                let st = unsafe { &mut *st };
+                // Softirq, processing the segment that completed the handshake.
+                st.established_ns = sk.refreshed_now_ns();
+                if matches!(old, tcp::SYN_SENT | tcp::SYN_RECV) && st.flags & SOCK_COUNTED == 0 {
+                    flows::open(ctx, sk, st, Role::Client)?;
+                }
             }
         }
         tcp::LISTEN => flows::listen(sk)?,
@@ -157,24 +165,22 @@ fn try_run<C: EbpfContext, const B: bool>(
             }
         }
         tcp::CLOSE => {
-            let held = on_abort(ctx, sk, st, old)?;
-            flows::close(ctx, sk, st, old)?;
+            let aborted = on_abort(ctx, sk, st, old);
+            let counted = flows::close(ctx, sk, st, old);
+            // Whatever failed above: no entry outlives its socket, whose address a new
+            // socket may get.
             let _ = SOCKS.remove(sk.key());
-            if !held {
-                // Nothing left for `tcp_destroy` to do with this socket.
-                if let Some(last) = JUST_CLOSED.get_ptr_mut(0) {
-                    // SAFETY: this CPU's slot, valid for this program run.
-                    unsafe { *last = sk.key() };
-                }
-            }
+            aborted?;
+            counted?;
         }
         _ => {}
     }
     Ok(())
 }
 
-/// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it; true
-/// when the report is held in `PENDING` for `tcp_destroy`. Not inlined: its event is a large
+/// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it: at once,
+/// or held in `PENDING` for `tcp_reset` to add the RST reason the kernel traces next. Not
+/// inlined: its event is a large
 /// stack object, and so is `close_wait`'s; as separate BPF functions on exclusive branches
 /// they never share the 512-byte stack.
 #[inline(never)]
@@ -183,19 +189,19 @@ fn on_abort<C: EbpfContext, const B: bool>(
     sk: Sock<B>,
     st: Option<*mut SockState>,
     old: i32,
-) -> Result<bool, i32> {
+) -> Result<(), i32> {
     if !tcp::abortable(old, false) {
-        return Ok(false);
+        return Ok(());
     }
     let shutdown: u8 = sk.read(off!(sk_shutdown))?;
     if shutdown != tcp::SHUTDOWN_MASK {
-        return Ok(false);
+        return Ok(());
     }
     let err: i32 = sk.read(off!(sk_err))?;
     let flags: u64 = sk.read(off!(sk_flags))?;
     let sock_done = flags & (1 << off!(flag_done)) != 0;
     if err != 0 || flags & (1 << off!(flag_dead)) != 0 || !tcp::abortable(old, sock_done) {
-        return Ok(false);
+        return Ok(());
     }
     let tcp = sk.tcp()?;
     let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;
@@ -208,7 +214,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
         let linger = flags & (1 << off!(flag_linger)) != 0;
         let lingertime: u64 = sk.read(off!(sk_lingertime))?;
         if !linger || lingertime != 0 {
-            return Ok(false);
+            return Ok(());
         }
         Kind::LingerAbort
     };
@@ -250,16 +256,14 @@ fn on_abort<C: EbpfContext, const B: bool>(
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
     sk.endpoints(tcp)?.fill_event(&mut ev);
 
-    let at_destroy = config_flag(Config::EMIT_AT_DESTROY);
-    if at_destroy {
+    if config_flag(Config::EMIT_AT_RESET) {
         if PENDING.insert(sk.key(), ev, 0).is_err() {
             emit::count(ctx, Stat::PendingFull);
         }
     } else {
         emit::event(ctx, &ev);
     }
-    // Held even when the insert failed: `tcp_destroy` then looks and finds nothing.
-    Ok(at_destroy)
+    Ok(())
 }
 
 #[inline(always)]
@@ -287,8 +291,8 @@ fn insert<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, st: &SockState) {
 }
 
 /// Shared with `sock_recv`: a new entry for a socket first seen being read, unless it is
-/// closed (a read after a reset): nothing reads its entry any more, and `tcp_destroy` may not
-/// look for one (see `JUST_CLOSED`).
+/// closed (a read after a reset): nothing reads its entry any more, and nothing would delete
+/// it.
 #[inline(always)]
 pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     ctx: &C,

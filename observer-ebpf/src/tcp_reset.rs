@@ -1,7 +1,12 @@
-//! `tcp:tcp_send_reset`: adds the kernel's RST reason to an abort `sock_state` left pending.
+//! `tcp:tcp_send_reset`: adds the kernel's RST reason to an abort `sock_state` left pending,
+//! and emits it.
 //!
-//! For an active reset (`tcp_send_active_reset` in the closing task) `skb` is NULL; passive
-//! resets (`skb` set, `sk` NULL or a TIME_WAIT/request socket) are ignored.
+//! `__tcp_close` aborts with `tcp_set_state(TCP_CLOSE)` then `tcp_send_active_reset()`, in the
+//! closing task, and the tracepoint fires at the end of the latter: a pending abort is
+//! complete here, a few instructions after it was held. If the reset is never traced (its
+//! buffer could not be allocated), the agent emits the abort from `PENDING` without a reason.
+//! For an active reset `skb` is NULL; passive resets (`skb` set, `sk` NULL or a
+//! TIME_WAIT/request socket) are ignored. <https://github.com/torvalds/linux/blob/v6.18/net/ipv4/tcp_output.c>
 //! `enum sk_rst_reason` arrived in 6.10; its values are not ABI, so userspace maps them to names
 //! from BTF. <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/tcp.h>
 //!
@@ -9,12 +14,13 @@
 //! 4.15 (the tracepoint), 6.10 for the reason. Optional: without it `rst_reason` is null.
 
 use aya_ebpf::{
+    EbpfContext,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{event::NO_RST_REASON, layout::ABSENT};
 
-use crate::{maps::PENDING, off};
+use crate::{emit, maps::PENDING, off};
 
 /// BTF tracepoint entry: `(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -24,7 +30,7 @@ pub(crate) fn reset_btf(ctx: BtfTracePointContext) -> i32 {
     } else {
         NO_RST_REASON
     };
-    run(ctx.arg(0), ctx.arg(1), reason)
+    run(&ctx, ctx.arg(0), ctx.arg(1), reason)
 }
 
 /// Raw tracepoint entry, same arguments.
@@ -35,7 +41,7 @@ pub(crate) fn reset_raw(ctx: RawTracePointContext) -> i32 {
     } else {
         NO_RST_REASON
     };
-    run(ctx.arg(0), ctx.arg(1), reason)
+    run(&ctx, ctx.arg(0), ctx.arg(1), reason)
 }
 
 /// Classic tracepoint entry.
@@ -55,19 +61,22 @@ pub(crate) fn reset_tp(ctx: TracePointContext) -> i32 {
         )
     };
     match (sk, skb, reason) {
-        (Ok(sk), Ok(skb), Ok(reason)) => run(sk, skb, reason),
+        (Ok(sk), Ok(skb), Ok(reason)) => run(&ctx, sk, skb, reason),
         _ => 0,
     }
 }
 
 #[inline(always)]
-fn run(sk: u64, skb: u64, reason: u32) -> i32 {
+fn run<C: EbpfContext>(ctx: &C, sk: u64, skb: u64, reason: u32) -> i32 {
     if sk == 0 || skb != 0 {
         return 0;
     }
-    if let Some(ev) = PENDING.get_ptr_mut(sk) {
-        // SAFETY: LRU entry pointer, valid for this program run.
-        unsafe { (*ev).rst_reason = reason };
+    // SAFETY: LRU entry, copied out before it is removed.
+    if let Some(ev) = unsafe { PENDING.get(sk) } {
+        let mut ev = *ev;
+        ev.rst_reason = reason;
+        emit::event(ctx, &ev);
+        let _ = PENDING.remove(sk);
     }
     0
 }

@@ -36,7 +36,7 @@ const ROUNDS: usize = 10;
 const RUN: Duration = Duration::from_secs(2);
 const THREADS: usize = 2;
 
-/// observer-ebpf's `floor` object: empty programs on the state, read and destroy tracepoints.
+/// observer-ebpf's `floor` object: empty programs on the state and read tracepoints.
 static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
 
 /// The empty programs of [`FLOOR`], attached as BTF tracepoints until dropped: what hooking
@@ -50,7 +50,6 @@ impl Hooks {
         for (program, tracepoint) in [
             ("floor_state", "inet_sock_set_state"),
             ("floor_recv", "sock_recv_length"),
-            ("floor_destroy", "tcp_destroy_sock"),
         ] {
             let p: &mut aya::programs::BtfTracePoint =
                 ebpf.program_mut(program).unwrap().try_into().unwrap();
@@ -289,7 +288,7 @@ impl KernelTime {
             .filter(|p| p.run_count() > 0)
             .filter_map(|p| {
                 let name = p.name_as_str()?.to_owned();
-                ["state_", "recv_", "destroy_", "reset_"]
+                ["state_", "recv_", "reset_"]
                     .iter()
                     .any(|prefix| name.starts_with(prefix))
                     .then(|| {

@@ -154,7 +154,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         enricher,
     };
     let pipeline = Pipeline::start(
-        probes.take_events()?,
+        (probes.take_events()?, probes.take_pending()?),
         decoder,
         tracker,
         (monitor, args.pool.pool_interval),
@@ -224,7 +224,10 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(
-        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        (ring, pending): (
+            aya::maps::RingBuf<aya::maps::MapData>,
+            Option<aya::maps::HashMap<aya::maps::MapData, u64, observer_common::event::RawEvent>>,
+        ),
         decoder: Decoder,
         tracker: Tracker,
         (monitor, pool_every): (pool::Monitor, Duration),
@@ -242,7 +245,7 @@ impl Pipeline {
         let pool = pool::spawn(monitor, pool_every, tx.clone(), pool_stop_rx)
             .context("starting the pool monitor thread")?;
         Ok(Self {
-            reader: tokio::spawn(reader::run(ring, decoder, raw_tx, counters, stop)),
+            reader: tokio::spawn(reader::run(ring, pending, decoder, raw_tx, counters, stop)),
             tracker: tokio::spawn(close_wait::run(tracker, raw_rx, tx)),
             pool,
             pool_stop,

@@ -147,7 +147,7 @@ pub struct ProbeArgs {
     )]
     pub hook_types: Vec<HookType>,
 
-    /// Optional probes not to attach (comma-separated: reads, destroy, reset_reason). Without
+    /// Optional probes not to attach (comma-separated: reads, reset_reason). Without
     /// `reads` no program runs on every recvmsg (the largest cost on keep-alive traffic):
     /// owners come from connect, listen and close only, events carry no last-read time, and a
     /// CLOSE_WAIT leak's unread bytes are those when it was found.
@@ -156,7 +156,7 @@ pub struct ProbeArgs {
         env = "OBSERVER_SKIP_PROBES",
         value_name = "PROBES",
         value_delimiter = ',',
-        value_parser = ["reads", "destroy", "reset_reason"]
+        value_parser = ["reads", "reset_reason"]
     )]
     pub skip_probes: Vec<String>,
 

@@ -18,8 +18,9 @@ use aya::{
 };
 use observer_common::{
     OFFSETS_GLOBAL,
-    event::{CloseWaitEntry, Config, Stat},
+    event::{CloseWaitEntry, Config, RawEvent, Stat},
     flow::{FlowKey, FlowStats},
+    layout::ABSENT,
     maps,
 };
 use tracing::{info, warn};
@@ -89,7 +90,7 @@ impl FromStr for HookType {
 /// How one purpose was served.
 #[derive(Debug, Clone)]
 pub struct PlanEntry {
-    /// What the hook is for (`state`, `reset_reason`, `destroy`, `reads`).
+    /// What the hook is for (`state`, `reset_reason`, `reads`).
     pub purpose: &'static str,
     /// Whether the agent cannot run without it.
     pub required: bool,
@@ -147,6 +148,8 @@ pub struct Probes {
     fill: PerCpuArray<MapData, u64>,
     flows: Option<HashMap<MapData, FlowKey, FlowStats>>,
     promoter: Option<Promoter>,
+    /// The programs hold aborts in `PENDING` for the reset hook (`Config::EMIT_AT_RESET`).
+    hold_for_reset: bool,
 }
 
 impl Probes {
@@ -174,9 +177,11 @@ impl Probes {
                 attach::attach(&mut ebpf, purpose, &btf, layout, allowed)
             });
         }
-        let destroy = plan
+        let hold_for_reset = plan
             .iter()
-            .any(|p| p.purpose == "destroy" && p.chosen.is_some());
+            .find(|p| p.purpose == "reset_reason")
+            .and_then(|p| p.chosen)
+            .is_some_and(|(ty, ..)| reset_has_reason(ty, layout));
         // The iterator is a BTF tracing program, as tp_btf ones are: used only where they are.
         let promoter = if allowed.contains(&HookType::TpBtf) {
             Promoter::attach(&mut ebpf, &btf, &args.pin_dir)
@@ -194,7 +199,11 @@ impl Probes {
             }
         };
         let mut config: Array<_, u32> = take(&mut ebpf, maps::CONFIG)?;
-        let mut bits = if destroy { Config::EMIT_AT_DESTROY } else { 0 };
+        let mut bits = if hold_for_reset {
+            Config::EMIT_AT_RESET
+        } else {
+            0
+        };
         if promoter.is_some() {
             bits |= Config::PROMOTE_CLOSE_WAIT;
         }
@@ -230,7 +239,18 @@ impl Probes {
             fill,
             flows: Some(flows),
             promoter,
+            hold_for_reset,
         })
+    }
+
+    /// Takes the map of aborts held for their reset, for the reader, which emits those whose
+    /// reset never came; `None` when the programs emit aborts at once.
+    pub fn take_pending(&mut self) -> Result<Option<HashMap<MapData, u64, RawEvent>>, Error> {
+        if self.hold_for_reset {
+            take(&mut self.ebpf, maps::PENDING).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Takes the CLOSE_WAIT promotion iterator, for the tracker; `None` where the kernel has
@@ -348,6 +368,16 @@ impl PlanEntry {
             .map(|(what, why)| format!("{what}: {why}"))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+}
+
+/// Whether the reset hook, attached as `ty`, gets the kernel's RST reason (6.10+): only then is
+/// an abort worth holding until the reset, which the kernel traces at the end of
+/// `tcp_send_active_reset` on those kernels.
+fn reset_has_reason(ty: HookType, layout: &Layout) -> bool {
+    match ty {
+        HookType::Tracepoint => layout.offsets.tp_reset_reason != ABSENT,
+        _ => layout.offsets.btf_reset_has_reason == 1,
     }
 }
 

@@ -5,19 +5,30 @@
 //! node, a slow disk under the event store) is kept as long as the ring holds it, and only
 //! what does not fit there is lost, counted by the programs. Records that do not decode are
 //! counted here.
+//!
+//! Once a second it also emits the aborts the programs held for a reset that never came
+//! (`PENDING`, see `observer-ebpf`'s `tcp_reset`), without an RST reason.
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
+use observer_common::event::RawEvent;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::{mpsc, watch},
 };
 
-use super::{Event, decode::Decoder};
+use super::{
+    Event,
+    decode::{Decoder, monotonic_ns},
+};
+
+/// How long an abort waits in `PENDING` before the reader emits it: its reset comes a few
+/// instructions after it is held, in the same `close()`.
+const RESET_GIVEN_UP_NS: u64 = 1_000_000_000;
 
 /// Userspace drop counters (the kernel's are in `STATS`).
 #[derive(Debug, Default)]
@@ -26,11 +37,15 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     /// Events decoded and passed on.
     pub events: AtomicU64,
+    /// Aborts emitted from `PENDING` because their reset never came.
+    pub unreset_aborts: AtomicU64,
 }
 
-/// Reads `ring` until `stop` turns true, then drains what is left and returns (closing `tx`).
+/// Reads `ring` (and sweeps `pending`) until `stop` turns true, then drains what is left and
+/// returns (closing `tx`).
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut pending: Option<HashMap<MapData, u64, RawEvent>>,
     decoder: Decoder,
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
@@ -39,8 +54,15 @@ pub async fn run(
     // SAFETY: the `RingBuf` owns its map fd and keeps it open until the `AsyncFd` is dropped.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
+    let mut sweep_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = sweep_tick.tick(), if pending.is_some() => {
+                if let Some(pending) = pending.as_mut() {
+                    sweep(pending, &decoder, &tx, &counters).await;
+                }
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &decoder, &tx, &counters).await;
@@ -81,6 +103,53 @@ async fn drain(
                 if n.is_power_of_two() {
                     tracing::warn!(error = %e, total = n, "undecodable event record");
                 }
+            }
+        }
+    }
+}
+
+/// Emits the aborts held in `pending` for over [`RESET_GIVEN_UP_NS`]: the kernel did not trace
+/// their reset (`tcp_send_active_reset` returns before its tracepoint when it cannot allocate
+/// the segment), so they go out without an RST reason rather than not at all.
+async fn sweep(
+    pending: &mut HashMap<MapData, u64, RawEvent>,
+    decoder: &Decoder,
+    tx: &mpsc::Sender<Event>,
+    counters: &Counters,
+) {
+    let now = monotonic_ns();
+    let stale: Vec<u64> = pending
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, raw)| now.saturating_sub(raw.ts_ns) > RESET_GIVEN_UP_NS)
+        .map(|(sk, _)| sk)
+        .collect();
+    for sk in stale {
+        let Ok(raw) = pending.get(&sk, 0) else {
+            continue;
+        };
+        // Only the one who removes it emits it.
+        if pending.remove(&sk).is_err() {
+            continue;
+        }
+        let Ok(room) = tx.reserve().await else {
+            return;
+        };
+        match decoder.event(&raw) {
+            Ok(ev) => {
+                room.send(ev);
+                counters.events.fetch_add(1, Ordering::Relaxed);
+                let n = counters.unreset_aborts.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        total = n,
+                        "abort emitted without its reset (the kernel traced none): RST reason unknown"
+                    );
+                }
+            }
+            Err(e) => {
+                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "undecodable held abort");
             }
         }
     }

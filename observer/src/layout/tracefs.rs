@@ -32,7 +32,6 @@ pub fn fill(offsets: &mut Offsets, root: Option<&Path>) {
     let state = read("sock/inet_sock_set_state");
     let reset = read("tcp/tcp_send_reset");
     let recv = read("sock/sock_recv_length");
-    let destroy = read("tcp/tcp_destroy_sock");
     let at = |fmt: &str, field: &str| field_offset(fmt, field).unwrap_or(ABSENT);
     offsets.tp_state_skaddr = at(&state, "skaddr");
     offsets.tp_state_oldstate = at(&state, "oldstate");
@@ -43,7 +42,6 @@ pub fn fill(offsets: &mut Offsets, root: Option<&Path>) {
     offsets.tp_recv_sk = at(&recv, "sk");
     offsets.tp_recv_ret = at(&recv, "ret");
     offsets.tp_recv_flags = at(&recv, "flags");
-    offsets.tp_destroy_skaddr = at(&destroy, "skaddr");
 }
 
 /// Whether the classic tracepoint for `purpose_event` has every field its program reads.
@@ -60,7 +58,6 @@ pub fn complete(offsets: &Offsets, event: &str) -> bool {
             offsets.tp_recv_ret,
             offsets.tp_recv_flags,
         ],
-        "tcp/tcp_destroy_sock" => &[offsets.tp_destroy_skaddr],
         _ => &[ABSENT],
     };
     needed.iter().all(|&o| o != ABSENT)

@@ -57,15 +57,6 @@ pub(super) const OPTIONAL: &[Purpose] = &[
         ],
     },
     Purpose {
-        name: "destroy",
-        required: false,
-        candidates: &[
-            c(TpBtf, "destroy_btf", "tcp_destroy_sock"),
-            c(RawTracepoint, "destroy_raw", "tcp_destroy_sock"),
-            c(Tracepoint, "destroy_tp", "tcp/tcp_destroy_sock"),
-        ],
-    },
-    Purpose {
         name: "reads",
         required: false,
         candidates: &[

@@ -21,7 +21,7 @@ fn check_prints_the_plan_and_offsets() {
     }
     let (code, out, err) = run(&["check"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    for purpose in ["state", "reset_reason", "destroy", "reads"] {
+    for purpose in ["state", "reset_reason", "reads"] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(purpose))
@@ -118,7 +118,7 @@ fn sigterm_detaches_and_exits_cleanly() {
         "{log}"
     );
     assert!(log.contains("stopped"), "{log}");
-    for purpose in ["state", "reset_reason", "destroy", "reads"] {
+    for purpose in ["state", "reset_reason", "reads"] {
         assert!(
             log.contains(&format!("purpose=\"{purpose}\"")),
             "plan logged: {log}"

@@ -1,7 +1,8 @@
 //! The fallback hook types really work: forced to raw or classic tracepoints, the agent
 //! detects the same abort with the same fields, and a CLOSE_WAIT leak with the entries the
 //! programs insert on entry (the promotion iterator is a BTF program, left out with tp_btf).
-//! Without the read hook (`--skip-probes reads`) a leak is still reported and attributed.
+//! Without the read hook (`--skip-probes reads`) a leak is still reported and attributed;
+//! without the reset hook an abort is reported at once, without the kernel's RST reason.
 
 use std::{
     io::{Read as _, Write as _},
@@ -56,7 +57,7 @@ fn detects_with(hook_type: &str) {
         .lines()
         .filter(|l| l.contains("probe attached"))
         .collect::<Vec<_>>();
-    assert_eq!(attached.len(), 4, "{log}");
+    assert_eq!(attached.len(), 3, "{log}");
     assert!(
         attached
             .iter()
@@ -121,9 +122,41 @@ fn without_the_read_hook() {
     );
     let (status, log) = agent.stop();
     assert!(status.success());
-    assert_eq!(log.matches("probe attached").count(), 3, "{log}");
+    assert_eq!(log.matches("probe attached").count(), 2, "{log}");
     assert!(
         log.contains("optional probe left out with --skip-probes purpose=\"reads\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn without_the_reset_hook() {
+    if !require_bpf() {
+        return;
+    }
+    // Nothing holds the abort for its reset: it is emitted at the state change, without the
+    // kernel's reason.
+    let agent = Agent::start(&["--skip-probes", "reset_reason"]);
+    let (ns, sport) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(&[5u8; 700]).unwrap();
+        wait_queued(&s, 700);
+        let sport = s.local_addr().unwrap().port();
+        drop(s);
+        (ns, sport)
+    });
+    let evs = agent.events(ns, 1, Duration::from_secs(5), Duration::ZERO);
+    let evs = of_kind(&evs, "rst_on_close");
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!(evs[0]["local_port"], sport);
+    assert_eq!(evs[0]["unread_bytes"], 700);
+    assert_eq!(evs[0]["rst_reason"], Value::Null, "{:#}", evs[0]);
+    let (status, log) = agent.stop();
+    assert!(status.success());
+    assert!(
+        log.contains("optional probe left out with --skip-probes purpose=\"reset_reason\""),
         "{log}"
     );
 }
