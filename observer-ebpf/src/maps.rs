@@ -118,9 +118,9 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
 /// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`,
 /// `close_wait::promote`. Deleted: `sock_state` (CLOSE, which every full TCP socket passes
-/// before it is destroyed). Replaced at SYN_SENT and for a passive child at ESTABLISHED: a new
-/// socket at the address of an entry left behind starts afresh. LRU, so a missed CLOSE cannot
-/// leak an entry.
+/// before it is destroyed, whatever else fails there; `sock_recv` creates none for a closed
+/// socket), so no entry outlives its socket to mislead a new one at its address. LRU, so a
+/// missed CLOSE cannot leak an entry.
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
 

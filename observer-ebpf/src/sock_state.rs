@@ -95,20 +95,14 @@ fn try_run<C: EbpfContext, const B: bool>(
     if !sk.is_tcp()? {
         return Ok(());
     }
-    // A passive child completing the handshake: a new socket, not accepted yet (no file).
-    // `SYN_SENT -> SYN_RECV -> ESTABLISHED` is a client's simultaneous open (or a connect to
-    // itself), whose socket has one.
-    let child =
-        new == tcp::ESTABLISHED && old == tcp::SYN_RECV && sk.read::<u64>(off!(sk_socket))? == 0;
     // One lookup serves every step below, and only the steps that use it look: the entry does
-    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, nor for a child (it gets a fresh one),
-    // and FIN_WAIT2 and CLOSING change nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
-    let uses_entry = !child
-        && (matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
-            || matches!(
-                new,
-                tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
-            ));
+    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, and FIN_WAIT2 and CLOSING change
+    // nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
+    let uses_entry = matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
+        || matches!(
+            new,
+            tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
+        );
     let st = if uses_entry {
         SOCKS.get_ptr_mut(sk.key())
     } else {
@@ -132,23 +126,21 @@ fn try_run<C: EbpfContext, const B: bool>(
             insert(ctx, sk, &st);
         }
         tcp::ESTABLISHED => {
-            if child {
-                // Whatever an entry under its address says (one a socket there before it left
-                // behind is replaced).
+            if let Some(st) = st {
+                // SAFETY: LRU entry pointer, valid for this program run.
+                let st = unsafe { &mut *st };
+                // Softirq, processing the segment that completed the handshake.
+                st.established_ns = sk.refreshed_now_ns();
+                if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
+                    flows::open(ctx, sk, st, Role::Client)?;
+                }
+            } else if old == tcp::SYN_RECV {
                 let mut st = fresh(Role::Server);
                 st.established_ns = sk.refreshed_now_ns();
                 // Tracked even if counting fails (the failure is counted by the caller).
                 let counted = flows::open(ctx, sk, &mut st, Role::Server);
                 insert(ctx, sk, &st);
                 counted?;
-            } else if let Some(st) = st {
-                // SAFETY: LRU entry pointer, valid for this program run.
-                let st = unsafe { &mut *st };
-                // Softirq, processing the segment that completed the handshake.
-                st.established_ns = sk.refreshed_now_ns();
-                if matches!(old, tcp::SYN_SENT | tcp::SYN_RECV) && st.flags & SOCK_COUNTED == 0 {
-                    flows::open(ctx, sk, st, Role::Client)?;
-                }
             }
         }
         tcp::LISTEN => flows::listen(sk)?,
@@ -180,9 +172,8 @@ fn try_run<C: EbpfContext, const B: bool>(
 
 /// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it: at once,
 /// or held in `PENDING` for `tcp_reset` to add the RST reason the kernel traces next. Not
-/// inlined: its event is a large
-/// stack object, and so is `close_wait`'s; as separate BPF functions on exclusive branches
-/// they never share the 512-byte stack.
+/// inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
+/// functions on exclusive branches they never share the 512-byte stack.
 #[inline(never)]
 fn on_abort<C: EbpfContext, const B: bool>(
     ctx: &C,
