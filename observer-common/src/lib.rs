@@ -38,6 +38,9 @@ pub mod maps {
     pub const CW_EPOCH: &str = "CW_EPOCH";
     /// Per-socket state recorded in process context (owner, role, times).
     pub const SOCKS: &str = "SOCKS";
+    /// Since when the read hook has been attached without a break (one `u64`, monotonic ns;
+    /// `u64::MAX` while detached): older last reads may not be the last.
+    pub const READS_SINCE: &str = "READS_SINCE";
     /// Aborts seen at the state change, completed and emitted by the reset that follows.
     pub const PENDING: &str = "PENDING";
     /// Connection counts per owner, peer and role ([`crate::flow`]).

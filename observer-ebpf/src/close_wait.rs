@@ -26,7 +26,7 @@ use observer_common::{
 
 use crate::{
     emit, flows,
-    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, SOCKS, config_flag},
+    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, READS_SINCE, SOCKS, config_flag},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
 };
@@ -102,7 +102,10 @@ fn entry<const B: bool>(
         // SAFETY: LRU entry pointer, valid for this program run.
         let st = unsafe { &*st };
         e.established_ns = st.established_ns;
-        e.last_read_ns = st.last_read_ns;
+        // A read from before the hook was last attached may not be the last one.
+        if st.last_read_ns >= READS_SINCE.get(0).copied().unwrap_or(0) {
+            e.last_read_ns = st.last_read_ns;
+        }
         e.cgroup_id = st.cgroup_id;
         e.comm = st.comm;
         e.pid = st.pid;

@@ -95,6 +95,13 @@ pub(crate) static CW_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 pub(crate) static LAST_READ: PerCpuArray<LastRead> =
     PerCpuArray::with_max_entries(LAST_READ_SLOTS, 0);
 
+/// Since when the read hook has been attached without a break (`bpf_ktime_get_ns`), 0 when
+/// always, `u64::MAX` while detached. Written: the agent, as it attaches and detaches the hook
+/// (`--read-hook on-demand`). Read: `close_wait::entry`, which takes a socket's last read only
+/// if it is not older: reads while the hook was detached were not seen.
+#[map]
+pub(crate) static READS_SINCE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Slots of [`LAST_READ`] per CPU.
 pub(crate) const LAST_READ_SLOTS: u32 = 64;
 

@@ -85,6 +85,12 @@ fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.kernel = host::kernel_release();
     s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
+    if let Some(attached) = probes.reads_on_demand()
+        && let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads")
+    {
+        p.attached = attached;
+        p.on_demand = true;
+    }
     s.close_wait_threshold_ms =
         u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
 }
@@ -113,7 +119,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut probes = Probes::load(&layout, &args.probes)?;
     probes.log_plan();
-    self_metrics.plan(probes.plan());
+    self_metrics.plan(probes.plan(), probes.reads_on_demand());
     if let Some(logger) = probes.take_logger() {
         tokio::spawn(diagnostics(logger));
     }
@@ -169,12 +175,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut tick = tokio::time::interval(STATS_EVERY);
     let drops = Drops::default();
+    let mut reads = ReadsOnDemand::default();
     let why = loop {
         tokio::select! {
             s = shutdown.received() => break s,
             _ = tick.tick() => {
                 drops.update(&probes, &counters, &self_metrics, &state.status);
                 self_metrics.ringbuf_used.set(i64::try_from(probes.take_ring_fill()).unwrap_or(i64::MAX));
+                reads.update(&mut probes, &state, &self_metrics);
             }
         }
     };
@@ -270,6 +278,68 @@ impl Pipeline {
             warn!("the sink thread panicked");
         }
         Ok(())
+    }
+}
+
+/// `--read-hook on-demand`: the read hook runs while a socket has waited in CLOSE_WAIT
+/// [`READS_AFTER_MS`] or more (the live view, as of the tracker's last scan), and until
+/// [`READS_QUIET`] after the last one left. Everything the read hook adds is reported for
+/// sockets in CLOSE_WAIT only; a socket read while it was detached has no last read (null).
+#[derive(Default)]
+struct ReadsOnDemand {
+    /// Since when no socket has waited, while the hook is still attached.
+    quiet_since: Option<std::time::Instant>,
+}
+
+/// How long a socket waits in CLOSE_WAIT before the on-demand read hook is attached: longer
+/// than the microseconds an owner that closes on EOF takes, so a healthy node never pays.
+const READS_AFTER_MS: u64 = 1000;
+/// How long the on-demand read hook stays attached after the last waiting socket left.
+const READS_QUIET: Duration = Duration::from_mins(1);
+
+impl ReadsOnDemand {
+    fn update(&mut self, probes: &mut Probes, state: &api::State, m: &SelfMetrics) {
+        let Some(attached) = probes.reads_on_demand() else {
+            return;
+        };
+        let waiting = state
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first()
+            .is_some_and(|v| v.close_wait_ms >= READS_AFTER_MS);
+        let want = if waiting {
+            self.quiet_since = None;
+            true
+        } else if attached {
+            self.quiet_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                < READS_QUIET
+        } else {
+            false
+        };
+        if want == attached {
+            return;
+        }
+        if let Err(e) = probes.watch_reads(want) {
+            warn!(error = %e, "the on-demand read hook could not be switched");
+            return;
+        }
+        self.quiet_since = None;
+        if want {
+            info!("read hook attached: a socket has waited in CLOSE_WAIT");
+        } else {
+            info!("read hook detached: no socket has waited in CLOSE_WAIT for a minute");
+        }
+        m.plan(probes.plan(), Some(want));
+        let mut s = state
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads") {
+            p.attached = want;
+        }
     }
 }
 

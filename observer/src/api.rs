@@ -68,8 +68,10 @@ pub struct ProbeStatus {
     pub purpose: &'static str,
     /// Whether the agent needs it.
     pub required: bool,
-    /// Whether it is attached.
+    /// Whether it is attached (now, for an on-demand probe).
     pub attached: bool,
+    /// Whether the agent attaches it only while needed (`--read-hook on-demand`).
+    pub on_demand: bool,
     /// Tracepoint or function.
     pub hook: Option<&'static str>,
     /// Program type.
@@ -85,6 +87,7 @@ impl ProbeStatus {
             purpose: p.purpose,
             required: p.required,
             attached: p.chosen.is_some(),
+            on_demand: false,
             hook: p.chosen.map(|(_, h, _)| h),
             r#type: p.chosen.map(|(t, _, _)| t.to_string()),
             refused: p

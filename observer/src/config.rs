@@ -33,6 +33,16 @@ pub enum Command {
     Status(ClientArgs),
 }
 
+/// When the read hook (`sock:sock_recv_length`) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadHook {
+    /// Only while a socket has waited in CLOSE_WAIT a second or more (and a minute after the
+    /// last one left): a healthy node runs no program on its reads.
+    OnDemand,
+    /// From start to stop.
+    Always,
+}
+
 /// How client commands print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -159,6 +169,19 @@ pub struct ProbeArgs {
         value_parser = ["reads", "reset_reason"]
     )]
     pub skip_probes: Vec<String>,
+
+    /// When the read hook runs: `on-demand` attaches it only while a socket has waited in
+    /// CLOSE_WAIT a second or more (what it adds, the owner's reads, is reported for those
+    /// sockets only), so a healthy node runs no program on its reads; a leak's last read
+    /// before it was attached is then unknown (null). `always` runs it from start to stop.
+    #[arg(
+        long,
+        env = "OBSERVER_READ_HOOK",
+        value_name = "WHEN",
+        value_enum,
+        default_value = "on-demand"
+    )]
+    pub read_hook: ReadHook,
 
     /// Directory on bpffs where maps that must outlive the agent are pinned (the CLOSE_WAIT
     /// table): a restarted agent finds them there with every socket's true entry time.

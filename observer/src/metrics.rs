@@ -398,7 +398,9 @@ impl SelfMetrics {
     }
 
     /// Records the attach plan (and starts each attached program's skipped runs at 0).
-    pub fn plan(&self, plan: &[PlanEntry]) {
+    /// `reads` overrides the read probe's value where `--read-hook on-demand` attaches it
+    /// only while needed.
+    pub fn plan(&self, plan: &[PlanEntry], reads: Option<bool>) {
         for (_, _, program) in plan.iter().filter_map(|p| p.chosen) {
             let _ = self.program_misses.get_or_create(&ProgramLabels {
                 program: program.to_owned(),
@@ -416,7 +418,10 @@ impl SelfMetrics {
                     hook,
                     r#type: ty,
                 })
-                .set(i64::from(p.chosen.is_some()));
+                .set(i64::from(match reads {
+                    Some(on) if p.purpose == "reads" && p.chosen.is_some() => on,
+                    _ => p.chosen.is_some(),
+                }));
         }
     }
 

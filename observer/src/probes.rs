@@ -25,7 +25,7 @@ use observer_common::{
 };
 use tracing::{info, warn};
 
-use crate::layout::Layout;
+use crate::{config::ReadHook, layout::Layout};
 
 mod attach;
 mod promote;
@@ -132,6 +132,15 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The on-demand read hook could not be attached or detached.
+    #[error("attaching or detaching {program}: {source}")]
+    Detach {
+        /// The program.
+        program: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     /// A map the programs define is missing.
     #[error("map {0} not found in the eBPF object")]
     MissingMap(&'static str),
@@ -150,6 +159,27 @@ pub struct Probes {
     promoter: Option<Promoter>,
     /// The programs hold aborts in `PENDING` for the reset hook (`Config::EMIT_AT_RESET`).
     hold_for_reset: bool,
+    /// The read hook, with `--read-hook on-demand`.
+    reads: Option<OnDemand>,
+}
+
+/// The read hook attached only while it is needed (`--read-hook on-demand`).
+struct OnDemand {
+    /// The hook the plan chose: (type, kernel target, program name).
+    chosen: (HookType, &'static str, &'static str),
+    /// Its link while attached.
+    link: Option<attach::Link>,
+    /// `READS_SINCE`: since when it has been attached without a break.
+    since: Array<MapData, u64>,
+}
+
+impl OnDemand {
+    fn set_since(&mut self, ns: u64) -> Result<(), Error> {
+        self.since.set(0, ns, 0).map_err(|source| Error::Map {
+            name: maps::READS_SINCE,
+            source,
+        })
+    }
 }
 
 impl Probes {
@@ -169,14 +199,7 @@ impl Probes {
             .default_map_pin_directory(&args.pin_dir)
             .override_global(OFFSETS_GLOBAL, &layout.offsets, true)
             .load(OBJECT)?;
-        let mut plan = Vec::new();
-        for purpose in attach::OPTIONAL {
-            plan.push(if args.skip_probes.iter().any(|s| s == purpose.name) {
-                attach::skipped(purpose)
-            } else {
-                attach::attach(&mut ebpf, purpose, &btf, layout, allowed)
-            });
-        }
+        let (mut plan, reads) = attach_optional(&mut ebpf, &btf, layout, args)?;
         let hold_for_reset = plan
             .iter()
             .find(|p| p.purpose == "reset_reason")
@@ -221,7 +244,7 @@ impl Probes {
                 name: maps::FLOWS,
                 source,
             })?;
-        let state = attach::attach(&mut ebpf, &attach::REQUIRED, &btf, layout, allowed);
+        let (state, _) = attach::attach(&mut ebpf, &attach::REQUIRED, &btf, layout, allowed);
         let failed = state.chosen.is_none().then(|| state.refusals());
         plan.push(state);
         if let Some(refusals) = failed {
@@ -240,7 +263,39 @@ impl Probes {
             flows: Some(flows),
             promoter,
             hold_for_reset,
+            reads,
         })
+    }
+
+    /// Whether the read hook is attached, when `--read-hook on-demand` decides (`None`
+    /// otherwise: attached from start to stop, or not at all).
+    pub fn reads_on_demand(&self) -> Option<bool> {
+        self.reads.as_ref().map(|r| r.link.is_some())
+    }
+
+    /// Attaches (`on`) or detaches the on-demand read hook; does nothing when it is already so
+    /// or not on demand. Attaching records the time in `READS_SINCE` first, so no read the
+    /// hook records is older; detaching sets it to "never".
+    pub fn watch_reads(&mut self, on: bool) -> Result<(), Error> {
+        let Some(r) = self.reads.as_mut() else {
+            return Ok(());
+        };
+        let program = r.chosen.2;
+        match (on, r.link.take()) {
+            (true, None) => {
+                r.set_since(crate::events::decode::monotonic_ns())?;
+                let link = attach::attach_loaded(&mut self.ebpf, r.chosen)
+                    .map_err(|source| Error::Detach { program, source })?;
+                r.link = Some(link);
+            }
+            (false, Some(link)) => {
+                attach::detach(&mut self.ebpf, program, link)
+                    .map_err(|source| Error::Detach { program, source })?;
+                r.set_since(u64::MAX)?;
+            }
+            (_, link) => r.link = link,
+        }
+        Ok(())
     }
 
     /// Takes the map of aborts held for their reset, for the reader, which emits those whose
@@ -369,6 +424,47 @@ impl PlanEntry {
             .collect::<Vec<_>>()
             .join("; ")
     }
+}
+
+/// Attaches the optional purposes (those `--skip-probes` leaves alone), and detaches the read
+/// hook again at once where `--read-hook on-demand` attaches it only when needed.
+fn attach_optional(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    layout: &Layout,
+    args: &crate::config::ProbeArgs,
+) -> Result<(Vec<PlanEntry>, Option<OnDemand>), Error> {
+    let allowed = args.hook_types.as_slice();
+    let mut plan = Vec::new();
+    let mut reads = None;
+    for purpose in attach::OPTIONAL {
+        if args.skip_probes.iter().any(|s| s == purpose.name) {
+            plan.push(attach::skipped(purpose));
+            continue;
+        }
+        let (entry, link) = attach::attach(ebpf, purpose, btf, layout, allowed);
+        if let (Some(chosen), Some(link)) = (entry.chosen, link)
+            && purpose.name == attach::READS
+            && args.read_hook == ReadHook::OnDemand
+        {
+            // Loaded and attached once, so the plan is the kernel's answer; attached again
+            // when needed.
+            attach::detach(ebpf, chosen.2, link).map_err(|source| Error::Detach {
+                program: chosen.2,
+                source,
+            })?;
+            reads = Some(OnDemand {
+                chosen,
+                link: None,
+                since: take(ebpf, maps::READS_SINCE)?,
+            });
+        }
+        plan.push(entry);
+    }
+    if let Some(r) = reads.as_mut() {
+        r.set_since(u64::MAX)?;
+    }
+    Ok((plan, reads))
 }
 
 /// Whether the reset hook, attached as `ty`, gets the kernel's RST reason (6.10+): only then is

@@ -2,7 +2,11 @@
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, KProbe, ProgramError, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 
 use super::{HookType, PlanEntry};
@@ -45,6 +49,9 @@ pub(super) const REQUIRED: Purpose = Purpose {
     ],
 };
 
+/// The purpose of the read hook, which `--read-hook on-demand` attaches only when needed.
+pub(super) const READS: &str = "reads";
+
 /// Hooks the agent degrades without, attached before [`REQUIRED`].
 pub(super) const OPTIONAL: &[Purpose] = &[
     Purpose {
@@ -57,7 +64,7 @@ pub(super) const OPTIONAL: &[Purpose] = &[
         ],
     },
     Purpose {
-        name: "reads",
+        name: READS,
         required: false,
         candidates: &[
             c(TpBtf, "recv_btf", "sock_recv_length"),
@@ -81,15 +88,55 @@ pub(super) fn skipped(purpose: &Purpose) -> PlanEntry {
     }
 }
 
+/// A program's attachment to its hook, to detach it again.
+pub(super) enum Link {
+    Btf(BtfTracePointLinkId),
+    Raw(RawTracePointLinkId),
+    Tracepoint(TracePointLinkId),
+    Kprobe(KProbeLinkId),
+}
+
+/// Attaches the loaded program `program` of type `ty` to `target` (one more link).
+pub(super) fn attach_loaded(
+    ebpf: &mut Ebpf,
+    (ty, target, program): (HookType, &'static str, &'static str),
+) -> Result<Link, ProgramError> {
+    let p = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProgramError::UnexpectedProgramType)?;
+    Ok(match ty {
+        TpBtf => Link::Btf(<&mut BtfTracePoint>::try_from(p)?.attach()?),
+        RawTracepoint => Link::Raw(<&mut RawTracePoint>::try_from(p)?.attach(target)?),
+        Tracepoint => {
+            let (category, name) = target.split_once('/').unwrap_or(("", target));
+            Link::Tracepoint(<&mut TracePoint>::try_from(p)?.attach(category, name)?)
+        }
+        Kprobe => Link::Kprobe(<&mut KProbe>::try_from(p)?.attach(target, 0)?),
+    })
+}
+
+/// Detaches `link` of `program`; the program stays loaded.
+pub(super) fn detach(ebpf: &mut Ebpf, program: &str, link: Link) -> Result<(), ProgramError> {
+    let p = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProgramError::UnexpectedProgramType)?;
+    match link {
+        Link::Btf(id) => <&mut BtfTracePoint>::try_from(p)?.detach(id),
+        Link::Raw(id) => <&mut RawTracePoint>::try_from(p)?.detach(id),
+        Link::Tracepoint(id) => <&mut TracePoint>::try_from(p)?.detach(id),
+        Link::Kprobe(id) => <&mut KProbe>::try_from(p)?.detach(id),
+    }
+}
+
 /// Tries the candidates of `purpose` whose type is in `allowed`, in the order of `allowed`,
-/// until one loads and attaches.
+/// until one loads and attaches; returns its link too.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     purpose: &Purpose,
     btf: &Btf,
     layout: &Layout,
     allowed: &[HookType],
-) -> PlanEntry {
+) -> (PlanEntry, Option<Link>) {
     let mut entry = PlanEntry {
         purpose: purpose.name,
         required: purpose.required,
@@ -101,9 +148,9 @@ pub(super) fn attach(
             continue;
         };
         match try_one(ebpf, cand, btf, layout) {
-            Ok(()) => {
+            Ok(link) => {
                 entry.chosen = Some((cand.ty, cand.target, cand.program));
-                break;
+                return (entry, Some(link));
             }
             Err(e) => {
                 tracing::debug!(purpose = purpose.name, r#type = %cand.ty, hook = cand.target, error = %e, "hook refused");
@@ -125,22 +172,16 @@ pub(super) fn attach(
             ),
         ));
     }
-    entry
+    (entry, None)
 }
 
-fn try_one(ebpf: &mut Ebpf, cand: &Candidate, btf: &Btf, layout: &Layout) -> Result<(), String> {
+fn try_one(ebpf: &mut Ebpf, cand: &Candidate, btf: &Btf, layout: &Layout) -> Result<Link, String> {
     let program = ebpf
         .program_mut(cand.program)
         .ok_or_else(|| format!("program {} missing from the object", cand.program))?;
-    let res: Result<(), ProgramError> = match cand.ty {
-        TpBtf => <&mut BtfTracePoint>::try_from(program).and_then(|p| {
-            p.load(cand.target, btf)?;
-            p.attach().map(drop)
-        }),
-        RawTracepoint => <&mut RawTracePoint>::try_from(program).and_then(|p| {
-            p.load()?;
-            p.attach(cand.target).map(drop)
-        }),
+    let loaded: Result<(), ProgramError> = match cand.ty {
+        TpBtf => <&mut BtfTracePoint>::try_from(program).and_then(|p| p.load(cand.target, btf)),
+        RawTracepoint => <&mut RawTracePoint>::try_from(program).and_then(RawTracePoint::load),
         Tracepoint => {
             if !layout.tracefs {
                 return Err("tracefs is not mounted".to_owned());
@@ -148,17 +189,11 @@ fn try_one(ebpf: &mut Ebpf, cand: &Candidate, btf: &Btf, layout: &Layout) -> Res
             if !tracefs::complete(&layout.offsets, cand.target) {
                 return Err("its tracefs format lacks a field the program reads".to_owned());
             }
-            let (category, name) = cand.target.split_once('/').unwrap_or(("", cand.target));
-            <&mut TracePoint>::try_from(program).and_then(|p| {
-                p.load()?;
-                p.attach(category, name).map(drop)
-            })
+            <&mut TracePoint>::try_from(program).and_then(TracePoint::load)
         }
-        Kprobe => <&mut KProbe>::try_from(program).and_then(|p| {
-            p.load()?;
-            p.attach(cand.target, 0).map(drop)
-        }),
+        Kprobe => <&mut KProbe>::try_from(program).and_then(KProbe::load),
     };
+    let res = loaded.and_then(|()| attach_loaded(ebpf, (cand.ty, cand.target, cand.program)));
     res.map_err(|e| {
         let full = error_chain(&e);
         tracing::debug!(program = cand.program, error = %full, "load or attach failed");

@@ -1,7 +1,7 @@
 //! CLOSE_WAIT leaks on real sockets: a pooled client and a stuck server, reported once past the
 //! threshold and resolved when closed; entry times that survive an agent restart; sockets found
 //! at start-up; the tracked set against `ss`, more sockets than one scan reports;
-//! redis-server's idle timeout against a real client pool.
+//! redis-server's idle timeout against a real client pool; the read hook attached on demand.
 
 use std::{
     collections::BTreeSet,
@@ -14,7 +14,9 @@ use std::{
 
 use serde_json::Value;
 
-use super::support::{Agent, PinDir, in_netns, of_kind, require_bpf, wait_queued};
+use super::support::{
+    Agent, PinDir, in_netns, of_kind, require_bpf, sample, scrape, wait_metrics, wait_queued,
+};
 
 /// Events of `kind` once `n` of them arrived (or the wait ran out).
 fn wait_kind(agent: &Agent, ns: u64, kind: &str, n: usize) -> Vec<Value> {
@@ -87,7 +89,8 @@ fn stuck_server_holds_unread_bytes_and_last_read_predates_the_fin() {
     if !require_bpf() {
         return;
     }
-    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    // The read before the FIN is seen only with the read hook on from the start.
+    let agent = Agent::start(&["--close-wait-threshold", "1s", "--read-hook", "always"]);
     let (ns, sport) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -139,7 +142,7 @@ fn last_read_is_the_last_read_through_bursts_of_reads() {
     if !require_bpf() {
         return;
     }
-    let agent = Agent::start(&["--close-wait-threshold", "1s"]);
+    let agent = Agent::start(&["--close-wait-threshold", "1s", "--read-hook", "always"]);
     let (ns, gap_ms) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -374,5 +377,87 @@ fn redis_idle_timeout_leaves_a_python_pool_in_close_wait() {
     assert!(
         done.iter().any(|e| e["pid"] == py_pid),
         "python exiting closes it: {done:#?}"
+    );
+}
+
+/// By default the read hook runs only once a socket has waited in CLOSE_WAIT: a read before
+/// that is not seen (the leak's last read is unknown), a read after it is.
+#[test]
+fn the_read_hook_is_attached_while_a_socket_waits() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--close-wait-threshold", "6s"]);
+    let reads = |text: &str| sample(text, "observer_probe_attached", &[("purpose", "reads")]);
+    assert_eq!(reads(&scrape(&agent.url)), Some(0.0), "detached at start");
+    let (waiting_tx, waiting_rx) = mpsc::channel();
+    let (attached_tx, attached_rx) = mpsc::channel::<()>();
+    let scenario = std::thread::spawn(move || {
+        in_netns(move |ns| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let servers: Vec<TcpStream> = (0..2)
+                .map(|_| {
+                    let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                    let (mut s, _) = l.accept().unwrap();
+                    c.write_all(&[1u8; 100]).unwrap();
+                    let mut got = [0u8; 100];
+                    s.read_exact(&mut got).unwrap();
+                    c.write_all(&[2u8; 50]).unwrap();
+                    wait_queued(&s, 50);
+                    // The peer leaves: CLOSE_WAIT, the read so far unseen.
+                    drop(c);
+                    s
+                })
+                .collect();
+            waiting_tx.send(()).unwrap();
+            attached_rx.recv().unwrap();
+            // Only the second socket is read once the hook runs.
+            let mut rest = [0u8; 50];
+            (&servers[1]).read_exact(&mut rest).unwrap();
+            std::thread::sleep(Duration::from_secs(6));
+            // Told apart by the peer's port: the local one is the listener's.
+            let ports: Vec<u16> = servers
+                .iter()
+                .map(|s| s.peer_addr().unwrap().port())
+                .collect();
+            drop(servers);
+            (ns, ports)
+        })
+    });
+    waiting_rx.recv().unwrap();
+    wait_metrics(
+        &agent.url,
+        Duration::from_secs(10),
+        "read hook attached",
+        |t| reads(t) == Some(1.0),
+    );
+    attached_tx.send(()).unwrap();
+    let (ns, ports) = scenario.join().unwrap();
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", 2);
+    assert_eq!(leaks.len(), 2, "{leaks:#?}");
+    let leak = |port: u16| {
+        leaks
+            .iter()
+            .find(|l| l["peer_port"] == port)
+            .unwrap()
+            .clone()
+    };
+    let (unseen, seen) = (&leak(ports[0]), &leak(ports[1]));
+    assert_eq!(unseen["unread_bytes"], 50, "{unseen}");
+    assert_eq!(
+        unseen["last_read_ms_ago"],
+        Value::Null,
+        "read before the hook: {unseen}"
+    );
+    assert_eq!(seen["unread_bytes"], 0, "{seen}");
+    assert!(
+        ms(&seen["last_read_ms_ago"]) < ms(&seen["close_wait_ms"]),
+        "read in CLOSE_WAIT, with the hook attached: {seen}"
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success());
+    assert!(
+        log.contains("read hook attached: a socket has waited in CLOSE_WAIT"),
+        "{log}"
     );
 }
