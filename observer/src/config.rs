@@ -157,10 +157,10 @@ pub struct ProbeArgs {
     )]
     pub hook_types: Vec<HookType>,
 
-    /// Optional probes not to attach (comma-separated: reads, reset_reason). Without
-    /// `reads` no program runs on every recvmsg (the largest cost on keep-alive traffic):
-    /// owners come from connect, listen and close only, events carry no last-read time, and a
-    /// CLOSE_WAIT leak's unread bytes are those when it was found.
+    /// Optional probes not to attach (comma-separated: reads, reset_reason). Without `reads`
+    /// no program ever runs on recvmsg, not even while a socket waits in CLOSE_WAIT (see
+    /// `--read-hook`): owners come from connect, listen and close only, events carry no
+    /// last-read time, and a CLOSE_WAIT leak's unread bytes are those when it was found.
     #[arg(
         long,
         env = "OBSERVER_SKIP_PROBES",

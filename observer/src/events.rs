@@ -148,7 +148,8 @@ pub struct Event {
     pub bytes_sent: Option<u64>,
     /// Time in CLOSE_WAIT (CLOSE_WAIT events only).
     pub close_wait_ms: Option<u64>,
-    /// Time since the owner last read (CLOSE_WAIT events only; null if it never read).
+    /// Time since the owner last read (CLOSE_WAIT events only; null if no read was seen: none,
+    /// or none while the read hook ran).
     pub last_read_ms_ago: Option<u64>,
     /// CLOSE_WAIT events: true when the socket was already in CLOSE_WAIT when observer found
     /// it, so `close_wait_ms` counts from then and the real time is at least that.
@@ -254,7 +255,8 @@ pub fn close_wait_hint(close_wait_ms: u64, last_read_ms_ago: Option<u64>, unread
     let since = human(close_wait_ms);
     let reads = match last_read_ms_ago {
         Some(ms) => format!("the owner has not read for {}", human(ms)),
-        None => "the owner never read it".to_owned(),
+        // Never read, or read only before the agent or its read hook ran.
+        None => "no read by the owner was seen".to_owned(),
     };
     if unread > 0 {
         format!(
@@ -309,7 +311,7 @@ mod tests {
         );
         assert_eq!(
             close_wait_hint(31_000, None, 0),
-            "peer closed 31s ago and the owner has not closed its end; the owner never read it: a connection pool or handler is holding a dead connection"
+            "peer closed 31s ago and the owner has not closed its end; no read by the owner was seen: a connection pool or handler is holding a dead connection"
         );
         assert_eq!(
             close_wait_resolved_hint(7_200_000, true),
