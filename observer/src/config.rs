@@ -468,7 +468,23 @@ mod tests {
         assert_eq!(a.close_wait_threshold, std::time::Duration::from_secs(30));
         assert_eq!(a.probes.pin_dir, PathBuf::from("/sys/fs/bpf/observer"));
         assert!(a.probes.skip_probes.is_empty());
+        assert_eq!(a.probes.read_hook, ReadHook::OnDemand);
         assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn read_hook_takes_always_and_refuses_others() {
+        let Command::Agent(a) = parse(&["agent", "--read-hook", "always"]).unwrap().command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.probes.read_hook, ReadHook::Always);
+        let e = parse(&["agent", "--read-hook", "sometimes"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid value 'sometimes' for '--read-hook") && e.contains("on-demand"),
+            "{e}"
+        );
     }
 
     #[test]
