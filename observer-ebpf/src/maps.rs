@@ -110,7 +110,8 @@ pub(crate) const LAST_READ_SLOTS: u32 = 64;
 pub(crate) struct LastRead {
     /// Socket address (the `SOCKS` key).
     pub(crate) sk: u64,
-    /// `bpf_ktime_get_ns` at the read.
+    /// When the read consumed data (`bpf_ktime_get_ns` clock, from the socket's `tcp_mstamp`),
+    /// 0 if it consumed nothing.
     pub(crate) at_ns: u64,
     /// Reader's thread-group id.
     pub(crate) pid: u32,

@@ -106,24 +106,19 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
     };
     // A read that copied data has just refreshed the socket's clock (`tcp_rcv_space_adjust`);
     // the kprobe fallback runs before the read and is not BTF-typed, so it reads the clock.
-    let mut consumed_at = 0;
+    let consumed_at = if consumed { sk.refreshed_now_ns() } else { 0 };
     if let Some(last) = last {
         // SAFETY: this CPU's slot of a per-CPU array, valid for this program run.
         let seen = unsafe { &*last };
-        if seen.sk == sk.key() && seen.pid == pid {
-            if consumed {
-                consumed_at = sk.refreshed_now_ns();
-            }
-            // The same reader again, soon after its last consuming read (or consuming nothing
-            // this time): nothing to record, unless the socket is in CLOSE_WAIT.
-            let recent = !consumed || consumed_at.wrapping_sub(seen.at_ns) < RECENT_NS;
-            if recent && sk.state() != Ok(tcp::CLOSE_WAIT) {
-                return 0;
-            }
+        // The same reader again, soon after its last consuming read (or consuming nothing
+        // this time): nothing to record, unless the socket is in CLOSE_WAIT.
+        if seen.sk == sk.key()
+            && seen.pid == pid
+            && (!consumed || consumed_at.wrapping_sub(seen.at_ns) < RECENT_NS)
+            && sk.state() != Ok(tcp::CLOSE_WAIT)
+        {
+            return 0;
         }
-    }
-    if consumed && consumed_at == 0 {
-        consumed_at = sk.refreshed_now_ns();
     }
     match SOCKS.get_ptr_mut(sk.key()) {
         // SAFETY: LRU entry pointer, valid for this program run.

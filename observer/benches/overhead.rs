@@ -12,8 +12,8 @@
 //! connections; every workload once more with `--read-hook always` (by default the read hook
 //! runs only while a socket waits in CLOSE_WAIT); and, in three more runs of each synthetic
 //! workload with `kernel.bpf_stats_enabled` and every program attached, the kernel time in
-//! each program (the median run). Writes
-//! `target/bench/overhead.json`. Not a test: under `cargo test` it exits at once.
+//! each program (the median run). Writes `target/bench/overhead.json`. Not a test: under
+//! `cargo test` it exits at once.
 #![expect(
     clippy::unwrap_used,
     clippy::print_stdout,
