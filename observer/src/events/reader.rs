@@ -93,17 +93,29 @@ async fn drain(
         let Some(item) = ring.next() else {
             return;
         };
-        match decoder.decode(&item) {
-            Ok(ev) => {
-                room.send(ev);
-                counters.events.fetch_add(1, Ordering::Relaxed);
+        pass_on(room, decoder.decode(&item), counters);
+    }
+}
+
+/// Sends a decoded event into the room reserved for it and counts it (true), or counts a
+/// record that did not decode (false).
+fn pass_on(
+    room: mpsc::Permit<'_, Event>,
+    decoded: Result<Event, super::decode::DecodeError>,
+    counters: &Counters,
+) -> bool {
+    match decoded {
+        Ok(ev) => {
+            room.send(ev);
+            counters.events.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            let n = counters.decode_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(error = %e, total = n, "undecodable event record");
             }
-            Err(e) => {
-                let n = counters.decode_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(error = %e, total = n, "undecodable event record");
-                }
-            }
+            false
         }
     }
 }
@@ -118,16 +130,12 @@ async fn sweep(
     counters: &Counters,
 ) {
     let now = monotonic_ns();
-    let stale: Vec<u64> = pending
+    let stale: Vec<(u64, RawEvent)> = pending
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, raw)| now.saturating_sub(raw.ts_ns) > RESET_GIVEN_UP_NS)
-        .map(|(sk, _)| sk)
         .collect();
-    for sk in stale {
-        let Ok(raw) = pending.get(&sk, 0) else {
-            continue;
-        };
+    for (sk, raw) in stale {
         // Only the one who removes it emits it.
         if pending.remove(&sk).is_err() {
             continue;
@@ -135,21 +143,13 @@ async fn sweep(
         let Ok(room) = tx.reserve().await else {
             return;
         };
-        match decoder.event(&raw) {
-            Ok(ev) => {
-                room.send(ev);
-                counters.events.fetch_add(1, Ordering::Relaxed);
-                let n = counters.unreset_aborts.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        total = n,
-                        "abort emitted without its reset (the kernel traced none): RST reason unknown"
-                    );
-                }
-            }
-            Err(e) => {
-                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "undecodable held abort");
+        if pass_on(room, decoder.event(&raw), counters) {
+            let n = counters.unreset_aborts.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    total = n,
+                    "abort emitted without its reset (the kernel traced none): RST reason unknown"
+                );
             }
         }
     }
