@@ -85,12 +85,6 @@ fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.kernel = host::kernel_release();
     s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
-    if let Some(attached) = probes.reads_on_demand()
-        && let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads")
-    {
-        p.attached = attached;
-        p.on_demand = true;
-    }
     s.close_wait_threshold_ms =
         u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
 }
@@ -119,7 +113,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut probes = Probes::load(&layout, &args.probes)?;
     probes.log_plan();
-    self_metrics.plan(probes.plan(), probes.reads_on_demand());
+    self_metrics.plan(probes.plan());
     if let Some(logger) = probes.take_logger() {
         tokio::spawn(diagnostics(logger));
     }
@@ -170,6 +164,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     )?;
 
     set_status(&state, &probes, &args);
+    show_reads(&probes, &state, &self_metrics);
     state.set_ready();
     info!(kernel = %host::kernel_release(), listen = %listening, "agent ready");
 
@@ -332,14 +327,26 @@ impl ReadsOnDemand {
         } else {
             info!("read hook detached: no socket has waited in CLOSE_WAIT for a minute");
         }
-        m.plan(probes.plan(), Some(want));
-        let mut s = state
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads") {
-            p.attached = want;
-        }
+        show_reads(probes, state, m);
+    }
+}
+
+/// Shows whether the on-demand read hook is attached now, in `/api/v1/status` and
+/// `observer_probe_attached`; nothing unless `--read-hook on-demand` decides.
+fn show_reads(probes: &Probes, state: &api::State, m: &SelfMetrics) {
+    let Some(attached) = probes.reads_on_demand() else {
+        return;
+    };
+    if let Some(p) = probes.plan().iter().find(|p| p.purpose == "reads") {
+        m.probe_attached(p, attached);
+    }
+    let mut s = state
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads") {
+        p.attached = attached;
+        p.on_demand = true;
     }
 }
 

@@ -398,31 +398,32 @@ impl SelfMetrics {
     }
 
     /// Records the attach plan (and starts each attached program's skipped runs at 0).
-    /// `reads` overrides the read probe's value where `--read-hook on-demand` attaches it
-    /// only while needed.
-    pub fn plan(&self, plan: &[PlanEntry], reads: Option<bool>) {
+    pub fn plan(&self, plan: &[PlanEntry]) {
         for (_, _, program) in plan.iter().filter_map(|p| p.chosen) {
             let _ = self.program_misses.get_or_create(&ProgramLabels {
                 program: program.to_owned(),
             });
         }
         for p in plan {
-            let (hook, ty) = p
-                .chosen
-                .map_or((String::new(), String::new()), |(t, h, _)| {
-                    (h.to_owned(), t.to_string())
-                });
-            self.probe_attached
-                .get_or_create(&ProbeLabels {
-                    purpose: p.purpose.to_owned(),
-                    hook,
-                    r#type: ty,
-                })
-                .set(i64::from(match reads {
-                    Some(on) if p.purpose == "reads" && p.chosen.is_some() => on,
-                    _ => p.chosen.is_some(),
-                }));
+            self.probe_attached(p, p.chosen.is_some());
         }
+    }
+
+    /// Sets the `observer_probe_attached` series of `p` (0 where it is unavailable, or
+    /// detached until needed).
+    pub fn probe_attached(&self, p: &PlanEntry, attached: bool) {
+        let (hook, ty) = p
+            .chosen
+            .map_or((String::new(), String::new()), |(t, h, _)| {
+                (h.to_owned(), t.to_string())
+            });
+        self.probe_attached
+            .get_or_create(&ProbeLabels {
+                purpose: p.purpose.to_owned(),
+                hook,
+                r#type: ty,
+            })
+            .set(i64::from(attached));
     }
 
     /// Records the capacity of the eBPF map `name` and returns the gauge of its entries.

@@ -62,15 +62,12 @@ fn exported() -> BTreeSet<(String, String)> {
     }
     drop(tx);
     sink.run(rx, std::io::sink());
-    m.self_metrics.plan(
-        &[PlanEntry {
-            purpose: "state",
-            required: true,
-            chosen: Some((HookType::TpBtf, "inet_sock_set_state", "state_btf")),
-            refused: vec![],
-        }],
-        None,
-    );
+    m.self_metrics.plan(&[PlanEntry {
+        purpose: "state",
+        required: true,
+        chosen: Some((HookType::TpBtf, "inet_sock_set_state", "state_btf")),
+        refused: vec![],
+    }]);
     let view = SocketView {
         state: "close_wait",
         netns: 1,
