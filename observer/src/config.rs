@@ -458,6 +458,11 @@ mod tests {
         Cli::try_parse_from(std::iter::once("observer").chain(args.iter().copied()))
     }
 
+    /// The message clap refuses `args` with.
+    fn refusal(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults() {
         let Command::Agent(a) = parse(&["agent"]).unwrap().command else {
@@ -478,9 +483,7 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.probes.read_hook, ReadHook::Always);
-        let e = parse(&["agent", "--read-hook", "sometimes"])
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&["agent", "--read-hook", "sometimes"]);
         assert!(
             e.contains("invalid value 'sometimes' for '--read-hook") && e.contains("on-demand"),
             "{e}"
@@ -489,24 +492,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = parse(&["agent", "--hook-types", "tp_btf,fentry"])
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&["agent", "--hook-types", "tp_btf,fentry"]);
         assert!(e.contains("unknown hook type \"fentry\""), "{e}");
-        let e = parse(&["agent", "--skip-probes", "reads,state"])
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&["agent", "--skip-probes", "reads,state"]);
         assert!(
             e.contains("invalid value 'state' for '--skip-probes"),
             "{e}"
         );
-        let e = parse(&["agent", "--log-events", "file"])
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&["agent", "--log-events", "file"]);
         assert!(e.contains("invalid value 'file'"), "{e}");
-        let e = parse(&["agent", "--close-wait-threshold", "soon"])
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&["agent", "--close-wait-threshold", "soon"]);
         assert!(
             e.contains("invalid value 'soon' for '--close-wait-threshold"),
             "{e}"
