@@ -87,7 +87,7 @@ pub struct RawEvent {
 }
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 144);
 
-/// Per-socket state, recorded when the owner touches the socket in process context (96 bytes).
+/// Per-socket state, recorded when the owner touches the socket in process context (112 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
@@ -112,11 +112,14 @@ pub struct SockState {
     /// Where the connection was counted as opened (valid with [`SOCK_COUNTED`]), so its close
     /// is counted in the same `FLOWS` entry whoever owns the socket by then.
     pub flow: crate::flow::FlowKey,
+    /// `flow`'s [`FlowKey::id`](crate::flow::FlowKey::id), the `FLOWS` key the later updates
+    /// look up (valid with [`SOCK_COUNTED`]).
+    pub flow_id: u64,
     /// CLOCK_MONOTONIC time of `-> CLOSE_WAIT` (valid with [`SOCK_IN_CLOSE_WAIT`]): the entry
     /// time a `CLOSE_WAIT` map entry gets when the socket is promoted there.
     pub close_wait_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 104);
+const _: () = assert!(core::mem::size_of::<SockState>() == 112);
 
 /// `SockState::flags`: the socket is in CLOSE_WAIT (set on entry, cleared on exit), so the
 /// read hook knows without reading `skc_state` (a `bpf_probe_read_kernel` per read).
@@ -146,7 +149,8 @@ pub enum Stat {
     LostCloseWaitResolved = 5,
     /// Sockets not tracked in CLOSE_WAIT because the `CLOSE_WAIT` map was full.
     CloseWaitFull = 6,
-    /// Connections counted under `FlowKey::OTHER` because `FLOWS` was full.
+    /// Connections counted under `FlowKey::OTHER` because `FLOWS` was full (or, vanishingly
+    /// rarely, because another key had taken their key's id).
     FlowsFull = 7,
     /// Sockets that left CLOSE_WAIT over a minute after entering it without ever getting a
     /// `CLOSE_WAIT` entry: the promotion never reached them (their network namespace had no

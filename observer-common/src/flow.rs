@@ -1,6 +1,9 @@
 //! Connection counts aggregated in the kernel: one [`FlowStats`] per [`FlowKey`] (owner, peer,
-//! role) in the `FLOWS` map, so a storm of short connections costs two map updates per
-//! connection and no event. Userspace reads and folds the map periodically.
+//! role) in the `FLOWS` map, so a storm of short connections costs a few map updates per
+//! connection and no event. Userspace reads and folds the map periodically. The map is keyed
+//! by the key's 64-bit [`FlowKey::id`], the key itself kept in the value ([`FlowEntry`]): the
+//! kernel hashes and compares 8 bytes instead of 48 on each of the six lookups a connection
+//! makes.
 //!
 //! Also the owners the programs remember for later attribution: listening sockets
 //! ([`ListenKey`] -> [`Owner`]) for the connections they accept, and sockets that closed
@@ -35,8 +38,9 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 
 impl FlowKey {
-    /// Where the programs count connections when `FLOWS` is full: inserted by userspace
-    /// before the programs are attached, never deleted.
+    /// Where the programs count connections when `FLOWS` is full (or, vanishingly rarely,
+    /// when two keys share an id): inserted by userspace before the programs are attached,
+    /// never deleted.
     pub const OTHER: Self = Self {
         cgroup_id: 0,
         comm: [0; 16],
@@ -46,28 +50,101 @@ impl FlowKey {
         family: 0,
         role: u8::MAX,
     };
+
+    /// The id of [`Self::OTHER`].
+    pub const OTHER_ID: u64 = Self::OTHER.id();
+
+    /// The key as six words, for hashing and comparing without a byte loop (no padding: every
+    /// byte is a field's).
+    #[inline(always)]
+    #[must_use]
+    pub const fn words(&self) -> [u64; 6] {
+        // SAFETY: 48 bytes of plain integers, no padding, into 48 bytes of plain integers.
+        unsafe { core::mem::transmute::<Self, [u64; 6]>(*self) }
+    }
+
+    /// The `FLOWS` key of this key: a 64-bit multiply-xorshift hash of its words. Two keys
+    /// sharing an id is a 1-in-2^64 chance per pair; the programs check the key kept in the
+    /// entry when they create or first find it, and count a clash under [`Self::OTHER`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn id(&self) -> u64 {
+        let w = self.words();
+        let mut h: u64 = 0x243f_6a88_85a3_08d3;
+        let mut i = 0;
+        while i < w.len() {
+            h = (h ^ w[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 32;
+            i += 1;
+        }
+        h
+    }
+
+    /// Whether `self` and `other` are the same key, word by word.
+    #[inline(always)]
+    #[must_use]
+    pub const fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// A `FLOWS` value: the counts and the key they are for (280 bytes). The map's key is
+/// [`FlowKey::id`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The counts.
+    pub stats: FlowStats,
+    /// The key whose id the entry is stored under: written once, before the entry is
+    /// inserted, and read at each open; after the counts, so the lines the programs write
+    /// leave it alone.
+    pub key: FlowKey,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 280);
+
+impl FlowEntry {
+    /// A new entry for `key`, all counts zero.
+    #[must_use]
+    pub const fn new(key: FlowKey) -> Self {
+        Self {
+            stats: FlowStats::ZERO,
+            key,
+        }
+    }
 }
 
 /// Counts for one [`FlowKey`] since its entry was created (232 bytes). The programs add with
 /// atomic instructions; userspace reads deltas and deletes entries with nothing open.
+///
+/// Every CPU writes these counts, so the cache lines under them move between CPUs: the five
+/// each connection touches come first, to share a line, and the lifetime buckets (one per
+/// close) after them, away from the [`FlowEntry::key`] the programs read at each open.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStats {
     /// Connections that reached ESTABLISHED.
     pub opened: u64,
-    /// Of those, connections that reached CLOSE.
+    /// Of the opened connections, those that left ESTABLISHED (a FIN sent or received, or an
+    /// abort): `opened - left` is what `ss state established` counts.
+    pub left: u64,
+    /// Of the opened connections, those that reached CLOSE.
     pub closed: u64,
     /// Sum of the closed connections' lifetimes, in milliseconds.
     pub lifetime_ms_sum: u64,
-    /// Closed connections by lifetime ([`lifetime_bucket`]).
-    pub lifetime: [u64; LIFETIME_BUCKETS],
     /// Thread-group id of the last owner that opened one (0 when unknown).
     pub pid: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// Of the opened connections, those that left ESTABLISHED (a FIN sent or received, or an
-    /// abort): `opened - left` is what `ss state established` counts.
-    pub left: u64,
+    /// Closed connections by lifetime ([`lifetime_bucket`]).
+    pub lifetime: [u64; LIFETIME_BUCKETS],
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 232);
 
@@ -75,12 +152,12 @@ impl FlowStats {
     /// All zero.
     pub const ZERO: Self = Self {
         opened: 0,
+        left: 0,
         closed: 0,
         lifetime_ms_sum: 0,
-        lifetime: [0; LIFETIME_BUCKETS],
         pid: 0,
         _pad: 0,
-        left: 0,
+        lifetime: [0; LIFETIME_BUCKETS],
     };
 }
 
@@ -232,6 +309,50 @@ mod tests {
             ..tuple
         };
         assert_eq!(next.for_closer(Role::Client as u8), client);
+    }
+
+    #[test]
+    fn every_field_moves_the_id() {
+        let key = FlowKey {
+            cgroup_id: 4242,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            peer: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            netns: 4_026_531_840,
+            peer_port: 8080,
+            family: 2,
+            role: Role::Client as u8,
+        };
+        let mut comm = key;
+        comm.comm[15] = b'x';
+        let mut peer = key;
+        peer.peer[3] = 2;
+        let others = [
+            FlowKey {
+                cgroup_id: 4243,
+                ..key
+            },
+            comm,
+            peer,
+            FlowKey { netns: 1, ..key },
+            FlowKey {
+                peer_port: 8081,
+                ..key
+            },
+            FlowKey { family: 10, ..key },
+            FlowKey {
+                role: Role::Server as u8,
+                ..key
+            },
+            FlowKey::OTHER,
+        ];
+        assert_eq!(key.id(), { key }.id());
+        assert!(key.same(&{ key }));
+        for other in others {
+            assert_ne!(key.id(), other.id(), "{other:?}");
+            assert!(!key.same(&other) && other.same(&other));
+        }
+        assert_eq!(FlowKey::OTHER_ID, FlowKey::OTHER.id());
+        assert_eq!(FlowEntry::new(key).key, key);
     }
 
     #[test]

@@ -14,13 +14,10 @@ use observer_common::{
 
 use crate::{
     emit,
-    maps::{CLOSERS, FLOWS, LISTENERS},
+    maps::{CLOSERS, FLOW_NEW, FLOWS, LISTENERS},
     off,
     sock::{Sock, current_owner, current_pid},
 };
-
-/// The value a new `FLOWS` entry starts from (a global: never copied onto the stack).
-static ZERO: FlowStats = FlowStats::ZERO;
 
 /// `BPF_NOEXIST`: insert only if absent (another CPU may have inserted meanwhile).
 const BPF_NOEXIST: u64 = 1;
@@ -86,16 +83,20 @@ pub(crate) fn open<C: EbpfContext, const B: bool>(
     } else {
         key.peer_port = u16::from_be(sk.read(off!(skc_dport))?);
     }
-    let (used, stats) = entry(ctx, key);
+    let id = key.id();
+    let (used, stats) = entry(ctx, id, &key, true);
     let Some(stats) = stats else {
         return Ok(());
     };
     // SAFETY: a live `FLOWS` value; other CPUs update it with atomic adds too.
     unsafe {
         add(&raw mut (*stats).opened, 1);
-        (*stats).pid = pid;
+        if (*stats).pid != pid {
+            (*stats).pid = pid;
+        }
     }
-    st.flow = used;
+    st.flow = if used == id { key } else { FlowKey::OTHER };
+    st.flow_id = used;
     st.flags |= SOCK_COUNTED;
     Ok(())
 }
@@ -112,7 +113,7 @@ pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<*mut SockSta
     if st.flags & SOCK_COUNTED == 0 {
         return;
     }
-    if let (_, Some(stats)) = entry(ctx, st.flow) {
+    if let (_, Some(stats)) = entry(ctx, st.flow_id, &st.flow, false) {
         // SAFETY: a live `FLOWS` value, updated with atomic adds only.
         unsafe { add(&raw mut (*stats).left, 1) };
     }
@@ -147,7 +148,7 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
             unsafe { bpf_ktime_get_ns() }
         };
         let ms = now.saturating_sub(st.established_ns) / 1_000_000;
-        if let (_, Some(stats)) = entry(ctx, st.flow) {
+        if let (_, Some(stats)) = entry(ctx, st.flow_id, &st.flow, false) {
             // SAFETY: a live `FLOWS` value, updated with atomic adds only.
             unsafe {
                 add(&raw mut (*stats).closed, 1);
@@ -187,22 +188,43 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
     Ok(())
 }
 
-/// The `FLOWS` value for `key`, created if absent; when the map is full, the catch-all
-/// `FlowKey::OTHER` entry instead (counted). Returns the key actually used.
+/// The `FLOWS` counts of `key`, stored under `id` (its id), created if absent; when the map is
+/// full, or (`check`, at open) another key holds the id, the catch-all `FlowKey::OTHER` entry
+/// instead (counted). Returns the id actually used. Later updates of a counted socket skip the
+/// check: its entry was checked when the socket was counted, and the agent deletes it only once
+/// nothing is open there.
 #[inline(always)]
-fn entry<C: EbpfContext>(ctx: &C, key: FlowKey) -> (FlowKey, Option<*mut FlowStats>) {
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
-        return (key, Some(v));
-    }
-    // A reference to the global: the value is never copied onto the stack.
-    let zero: &FlowStats = &ZERO;
-    // EEXIST (another CPU won the race) is fine: the lookup below finds its entry.
-    let _ = FLOWS.insert(key, zero, BPF_NOEXIST);
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
-        return (key, Some(v));
+fn entry<C: EbpfContext>(
+    ctx: &C,
+    id: u64,
+    key: &FlowKey,
+    check: bool,
+) -> (u64, Option<*mut FlowStats>) {
+    if let Some(v) = FLOWS.get_ptr_mut(id) {
+        // SAFETY: a live `FLOWS` value, whose key was written before it was inserted.
+        if !check || unsafe { (*v).key.same(key) } {
+            return (id, Some(unsafe { &raw mut (*v).stats }));
+        }
+    } else if let Some(new) = FLOW_NEW.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch value, not shared while the program runs.
+        unsafe { (*new).key = *key };
+        // EEXIST (another CPU won the race) is fine: the lookup below finds its entry.
+        // SAFETY: as above; the insert copies it.
+        let _ = FLOWS.insert(id, unsafe { &*new }, BPF_NOEXIST);
+        if let Some(v) = FLOWS.get_ptr_mut(id) {
+            // SAFETY: as for the first lookup.
+            if !check || unsafe { (*v).key.same(key) } {
+                return (id, Some(unsafe { &raw mut (*v).stats }));
+            }
+        }
     }
     emit::count(ctx, Stat::FlowsFull);
-    (FlowKey::OTHER, FLOWS.get_ptr_mut(FlowKey::OTHER))
+    let other = FLOWS.get_ptr_mut(FlowKey::OTHER_ID);
+    // SAFETY: as for the first lookup.
+    (
+        FlowKey::OTHER_ID,
+        other.map(|v| unsafe { &raw mut (*v).stats }),
+    )
 }
 
 /// Atomic add (`BPF_ATOMIC | BPF_ADD`): other CPUs update the same entry.

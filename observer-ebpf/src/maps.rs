@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::{CloseWaitEntry, Config, RawEvent, SockState, Stat},
-    flow::{FlowKey, FlowStats, ListenKey, Owner, TupleKey},
+    flow::{FlowEntry, ListenKey, Owner, TupleKey},
     layout::Offsets,
     maps::{CLOSERS_MAX_ENTRIES, FLOWS_MAX_ENTRIES},
 };
@@ -140,13 +140,19 @@ pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entri
 #[map]
 pub(crate) static PENDING: LruHashMap<u64, RawEvent> = LruHashMap::with_max_entries(4096, 0);
 
-/// (owner, peer, role) -> connection counts. Inserted and added to atomically: `flows::open`
-/// (`-> ESTABLISHED`), `flows::close` (`-> CLOSE`). Read every scan and deleted once nothing
-/// is open and nothing moved (lookup-and-delete, so no count is lost): the agent. Not LRU: a
-/// full map counts into `FlowKey::OTHER` (inserted by the agent) and `FlowsFull`.
+/// Id of (owner, peer, role) (`FlowKey::id`) -> connection counts and the key. Inserted:
+/// `flows::open` (`-> ESTABLISHED`), or `flows::leave_established` and `flows::close` for an
+/// entry the agent deleted while a connection counted there was still open. Added to
+/// atomically: all three. Read every scan and deleted once nothing is open and nothing moved
+/// (lookup-and-delete, so no count is lost): the agent. Not LRU: a full map counts into
+/// `FlowKey::OTHER` (inserted by the agent) and `FlowsFull`.
 #[map]
-pub(crate) static FLOWS: HashMap<FlowKey, FlowStats> =
-    HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+pub(crate) static FLOWS: HashMap<u64, FlowEntry> = HashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// A new `FLOWS` value, per CPU: `flows::entry` writes the key into it and inserts it, so its
+/// 280 bytes never go on the stack. Nothing writes its counts: they stay zero.
+#[map]
+pub(crate) static FLOW_NEW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// (netns, port) -> owner of the listening socket. Inserted: `flows::listen` (`CLOSE ->
 /// LISTEN` in `listen()`), the agent (listeners found at start-up). Read: `flows::open` for

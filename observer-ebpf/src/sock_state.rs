@@ -270,6 +270,7 @@ fn fresh(role: Role) -> SockState {
         cw_slot: 0,
         _pad: 0,
         flow: FlowKey::OTHER,
+        flow_id: FlowKey::OTHER_ID,
         close_wait_ns: 0,
     }
 }

@@ -30,7 +30,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use observer_common::{
-    flow::{FlowKey, FlowStats, LIFETIME_BUCKETS, ListenKey, Owner, TupleKey},
+    flow::{FlowEntry, FlowKey, FlowStats, LIFETIME_BUCKETS, ListenKey, Owner, TupleKey},
     tcp::{AF_INET6, LISTEN},
 };
 use prometheus_client::{
@@ -257,8 +257,8 @@ impl Metrics {
 
 /// The programs' maps the monitor reads and fills.
 pub struct Maps {
-    /// Connection counts.
-    pub flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    /// Connection counts, by key id.
+    pub flows: BpfHashMap<MapData, u64, FlowEntry>,
     /// Owners of sockets that closed first, by tuple.
     pub closers: BpfHashMap<MapData, TupleKey, Owner>,
     /// Owners of listening sockets.
@@ -267,7 +267,7 @@ pub struct Maps {
 
 /// Reads `FLOWS` and the socket lists, exports the series and runs the detectors.
 pub struct Monitor {
-    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    flows: BpfHashMap<MapData, u64, FlowEntry>,
     closers: BpfHashMap<MapData, TupleKey, Owner>,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     /// Each entry as last read.
@@ -415,20 +415,27 @@ impl Monitor {
     /// Reads every `FLOWS` entry: counters, histogram and established gauges; deletes idle
     /// entries. Returns each entry's window.
     fn read_flows(&mut self, length: Duration) -> Vec<Seen> {
-        let entries = map_read::dump::<FlowKey, FlowStats>(self.flows.map())
+        let entries = map_read::dump::<u64, FlowEntry>(self.flows.map())
             .unwrap_or_else(|_| self.flows.iter().filter_map(Result::ok).collect());
         let mut next = HashMap::with_capacity(entries.len());
         let mut seen = Vec::with_capacity(entries.len());
         let mut established: BTreeMap<FlowLabels, i64> = BTreeMap::new();
-        for (key, mut now) in entries {
+        for (
+            id,
+            FlowEntry {
+                stats: mut now,
+                key,
+            },
+        ) in entries
+        {
             let before = self.last.get(&key).copied().unwrap_or(FlowStats::ZERO);
             let idle = key != FlowKey::OTHER && now == before && now.opened == now.closed;
             let mut deleted = false;
             if idle {
-                match map_read::take::<FlowKey, FlowStats>(self.flows.map(), &key) {
+                match map_read::take::<u64, FlowEntry>(self.flows.map(), &id) {
                     // What the entry held when deleted, counts that landed since the read
                     // included. A connection opened in between and still open is carried.
-                    Ok(Some(last)) => {
+                    Ok(Some(FlowEntry { stats: last, .. })) => {
                         let open = open_count(&last);
                         if open != 0 {
                             *self.carry.entry(key).or_default() += open;

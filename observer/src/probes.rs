@@ -19,7 +19,7 @@ use aya::{
 use observer_common::{
     OFFSETS_GLOBAL,
     event::{CloseWaitEntry, Config, RawEvent, Stat},
-    flow::{FlowKey, FlowStats},
+    flow::{FlowEntry, FlowKey},
     layout::ABSENT,
     maps,
 };
@@ -155,7 +155,7 @@ pub struct Probes {
     plan: Vec<PlanEntry>,
     stats: PerCpuArray<MapData, u64>,
     fill: PerCpuArray<MapData, u64>,
-    flows: Option<HashMap<MapData, FlowKey, FlowStats>>,
+    flows: Option<HashMap<MapData, u64, FlowEntry>>,
     promoter: Option<Promoter>,
     /// The programs hold aborts in `PENDING` for the reset hook (`Config::EMIT_AT_RESET`).
     hold_for_reset: bool,
@@ -237,9 +237,9 @@ impl Probes {
                 source,
             })?;
         // The catch-all entry the programs count into once FLOWS is full.
-        let mut flows: HashMap<_, FlowKey, FlowStats> = take(&mut ebpf, maps::FLOWS)?;
+        let mut flows: HashMap<_, u64, FlowEntry> = take(&mut ebpf, maps::FLOWS)?;
         flows
-            .insert(FlowKey::OTHER, FlowStats::ZERO, 0)
+            .insert(FlowKey::OTHER_ID, FlowEntry::new(FlowKey::OTHER), 0)
             .map_err(|source| Error::Map {
                 name: maps::FLOWS,
                 source,

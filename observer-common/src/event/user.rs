@@ -13,6 +13,8 @@ unsafe impl aya::Pod for crate::flow::FlowKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::FlowStats {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::FlowEntry {}
+// SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::ListenKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::TupleKey {}
