@@ -55,6 +55,8 @@ pub struct Offsets {
     pub tcp_mstamp: u32,
     /// `net.ns.inum` (unsigned int).
     pub net_inum: u32,
+    /// `net.net_cookie` (u64, 5.7+), or [`ABSENT`].
+    pub net_cookie: u32,
     /// Bit number of `SOCK_DEAD` in `enum sock_flags`.
     pub flag_dead: u32,
     /// Bit number of `SOCK_DONE`.
@@ -94,4 +96,4 @@ pub struct Offsets {
     /// `sock/sock_recv_length`: `flags`.
     pub tp_recv_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 39 * 4);

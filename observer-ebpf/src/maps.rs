@@ -102,6 +102,12 @@ pub(crate) static LAST_READ: PerCpuArray<LastRead> =
 #[map]
 pub(crate) static READS_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 
+/// The network namespace each CPU last read: its cookie's low 32 bits above its inode number,
+/// one word (so a program interrupting another on the CPU cannot leave half an update), 0
+/// before the first. Written and read: `Sock::netns`.
+#[map]
+pub(crate) static NETNS_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Slots of [`LAST_READ`] per CPU.
 pub(crate) const LAST_READ_SLOTS: u32 = 64;
 

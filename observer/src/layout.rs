@@ -80,6 +80,8 @@ impl Layout {
             // Added in 4.13: optional, the programs read the clock instead where absent.
             tcp_mstamp: f("tcp_sock", "tcp_mstamp", 8).unwrap_or(ABSENT),
             net_inum: f("net", "ns.inum", 4)?,
+            // Added in 5.7: optional, the programs read the inode every time where absent.
+            net_cookie: f("net", "net_cookie", 8).unwrap_or(ABSENT),
             skc_state: f("sock_common", "skc_state", 1)?,
             sk_socket: f("sock", "sk_socket", 8)?,
             socket_inode: btf.field("socket_alloc", "vfs_inode")?.offset,
@@ -148,6 +150,7 @@ impl Layout {
             ("tcp_sock.bytes_sent", o.tcp_bytes_sent),
             ("tcp_sock.tcp_mstamp", o.tcp_mstamp),
             ("net.ns.inum", o.net_inum),
+            ("net.net_cookie", o.net_cookie),
             ("task_struct.group_leader", o.task_group_leader),
             ("task_struct.comm", o.task_comm),
             ("sock_flags::SOCK_DEAD (bit)", o.flag_dead),
