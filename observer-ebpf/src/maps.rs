@@ -130,7 +130,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
 /// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
-/// CLOSE_WAIT, FIN_WAIT1, LAST_ACK in the owner's context), `sock_recv`,
+/// CLOSE_WAIT, FIN_WAIT1 in the owner's context), `sock_recv`,
 /// `close_wait::promote`. Deleted: `sock_state` (CLOSE, which every full TCP socket passes
 /// before it is destroyed, whatever else fails there; `sock_recv` creates none for a closed
 /// socket), so no entry outlives its socket to mislead a new one at its address. LRU, so a

@@ -6,7 +6,8 @@
 //! * `CLOSE -> LISTEN` runs in `listen()`: the caller owns the listener and, for counting, the
 //!   connections it will accept.
 //! * `-> ESTABLISHED` and `-> CLOSE` also count the connection in `FLOWS` (see `flows`).
-//! * `-> FIN_WAIT1 | LAST_ACK` runs in `close()`/`shutdown()`: the caller owns the socket.
+//! * `-> FIN_WAIT1` runs in `close()`/`shutdown()`: the caller owns the socket, and the
+//!   TIME_WAIT socket it may leave behind.
 //! * `ESTABLISHED | CLOSE_WAIT | FIN_WAIT1 | FIN_WAIT2 -> CLOSE` with `sk_shutdown ==
 //!   SHUTDOWN_MASK`, no `sk_err` and not yet `SOCK_DEAD` is `__tcp_close()` aborting in the
 //!   owner's `close()`: an RST-on-close when bytes were left unread, a linger abort when
@@ -96,12 +97,12 @@ fn try_run<C: EbpfContext, const B: bool>(
         return Ok(());
     }
     // One lookup serves every step below, and only the steps that use it look: the entry does
-    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, and FIN_WAIT2 and CLOSING change
-    // nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
+    // not exist yet before SYN_SENT, LISTEN and SYN_RECV, and FIN_WAIT2, CLOSING and LAST_ACK
+    // change nothing (unless they leave ESTABLISHED or CLOSE_WAIT).
     let uses_entry = matches!(old, tcp::ESTABLISHED | tcp::CLOSE_WAIT)
         || matches!(
             new,
-            tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE
+            tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::CLOSE
         );
     let st = if uses_entry {
         SOCKS.get_ptr_mut(sk.key())
@@ -145,7 +146,10 @@ fn try_run<C: EbpfContext, const B: bool>(
         }
         tcp::LISTEN => flows::listen(sk)?,
         tcp::CLOSE_WAIT => close_wait::enter(ctx, sk, st)?,
-        tcp::FIN_WAIT1 | tcp::LAST_ACK => {
+        // Who closes first owns the TIME_WAIT socket to come (`flows::close` records it). A
+        // socket entering LAST_ACK has left CLOSE_WAIT and goes nowhere but CLOSE: nothing
+        // reads its owner again.
+        tcp::FIN_WAIT1 => {
             let pid = current_pid();
             if let Some(st) = st {
                 // SAFETY: LRU entry pointer, valid for this program run.
