@@ -213,12 +213,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The first line of an error, bounded: a verifier log can run to megabytes (the whole error
-/// is logged at debug level).
+/// The first line of an error, bounded, and for a verifier refusal the line that says why: a
+/// verifier log can run to megabytes and begins with the program's first instruction; the
+/// reason is its last line before the statistics (the whole error is logged at debug level).
 fn summary(full: &str) -> String {
-    let line = full.lines().find(|l| !l.trim().is_empty()).unwrap_or(full);
+    let first = full.lines().find(|l| !l.trim().is_empty()).unwrap_or(full);
+    let mut out = bounded(first);
+    if let Some((_, log)) = full.split_once("Verifier output:") {
+        let reason = log.lines().map(str::trim).rev().find(|l| {
+            !l.is_empty()
+                && !l.starts_with(':')
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+        });
+        if let Some(reason) = reason.filter(|r| !first.ends_with(r)) {
+            out.push_str(" ... ");
+            out.push_str(&bounded(reason));
+        }
+    }
+    out
+}
+
+/// `line`, cut after 200 characters.
+fn bounded(line: &str) -> String {
     match line.char_indices().nth(200) {
         Some((at, _)) => format!("{}...", &line[..at]),
         None => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn a_refusal_names_the_verifiers_reason() {
+        let full = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). \
+                    Verifier output: 0: R1=ctx() R10=fp0\n\
+                    1821: (85) call bpf_ktime_get_coarse_ns#160\n\
+                    program of this type cannot use helper bpf_ktime_get_coarse_ns#160\n\
+                    verification time 544855 usec\n\
+                    stack depth 256+32\n\
+                    processed 104840 insns (limit 1000000) max_states_per_insn 10\n\
+                    : Invalid argument (os error 22)";
+        assert_eq!(
+            summary(full),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: \
+             0: R1=ctx() R10=fp0 ... program of this type cannot use helper \
+             bpf_ktime_get_coarse_ns#160"
+        );
+        // Not a verifier refusal: the first line only.
+        assert_eq!(
+            summary("tracepoint not found\nmore"),
+            "tracepoint not found"
+        );
+        assert_eq!(summary(&"x".repeat(300)), format!("{}...", "x".repeat(200)));
     }
 }
