@@ -56,7 +56,7 @@ impl FlowKey {
 
     /// The key as six words, for hashing and comparing without a byte loop (no padding: every
     /// byte is a field's).
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn words(&self) -> [u64; 6] {
         // SAFETY: 48 bytes of plain integers, no padding, into 48 bytes of plain integers.
@@ -66,7 +66,7 @@ impl FlowKey {
     /// The `FLOWS` key of this key: a 64-bit multiply-xorshift hash of its words. Two keys
     /// sharing an id is a 1-in-2^64 chance per pair; the programs check the key kept in the
     /// entry when they create or first find it, and count a clash under [`Self::OTHER`].
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn id(&self) -> u64 {
         let w = self.words();
@@ -81,7 +81,7 @@ impl FlowKey {
     }
 
     /// Whether `self` and `other` are the same key, word by word.
-    #[inline(always)]
+    #[inline]
     #[must_use]
     pub const fn same(&self, other: &Self) -> bool {
         let (a, b) = (self.words(), other.words());

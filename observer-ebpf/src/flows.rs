@@ -8,7 +8,7 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use observer_common::{
     event::{Role, SOCK_COUNTED, SockState, Stat},
-    flow::{FlowKey, FlowStats, ListenKey, Owner, TupleKey, lifetime_bucket},
+    flow::{FlowEntry, FlowKey, FlowStats, ListenKey, Owner, TupleKey, lifetime_bucket},
     tcp,
 };
 
@@ -201,30 +201,31 @@ fn entry<C: EbpfContext>(
     check: bool,
 ) -> (u64, Option<*mut FlowStats>) {
     if let Some(v) = FLOWS.get_ptr_mut(id) {
-        // SAFETY: a live `FLOWS` value, whose key was written before it was inserted.
-        if !check || unsafe { (*v).key.same(key) } {
-            return (id, Some(unsafe { &raw mut (*v).stats }));
-        }
-    } else if let Some(new) = FLOW_NEW.get_ptr_mut(0) {
-        // SAFETY: this CPU's scratch value, not shared while the program runs.
-        unsafe { (*new).key = *key };
+        return (id, counts(v, key, check));
+    }
+    if let Some(new) = FLOW_NEW.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch value, not shared while the program runs; the insert
+        // copies it.
+        let new = unsafe {
+            (*new).key = *key;
+            &*new
+        };
         // EEXIST (another CPU won the race) is fine: the lookup below finds its entry.
-        // SAFETY: as above; the insert copies it.
-        let _ = FLOWS.insert(id, unsafe { &*new }, BPF_NOEXIST);
+        let _ = FLOWS.insert(id, new, BPF_NOEXIST);
         if let Some(v) = FLOWS.get_ptr_mut(id) {
-            // SAFETY: as for the first lookup.
-            if !check || unsafe { (*v).key.same(key) } {
-                return (id, Some(unsafe { &raw mut (*v).stats }));
-            }
+            return (id, counts(v, key, check));
         }
     }
     emit::count(ctx, Stat::FlowsFull);
     let other = FLOWS.get_ptr_mut(FlowKey::OTHER_ID);
-    // SAFETY: as for the first lookup.
-    (
-        FlowKey::OTHER_ID,
-        other.map(|v| unsafe { &raw mut (*v).stats }),
-    )
+    (FlowKey::OTHER_ID, other.and_then(|v| counts(v, key, false)))
+}
+
+/// The counts of the `FLOWS` value `v`, if its key is `key` or `check` is off.
+#[inline(always)]
+fn counts(v: *mut FlowEntry, key: &FlowKey, check: bool) -> Option<*mut FlowStats> {
+    // SAFETY: a live `FLOWS` value, whose key was written before it was inserted.
+    unsafe { (!check || (*v).key.same(key)).then_some(&raw mut (*v).stats) }
 }
 
 /// Atomic add (`BPF_ATOMIC | BPF_ADD`): other CPUs update the same entry.
