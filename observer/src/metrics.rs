@@ -360,7 +360,7 @@ impl SelfMetrics {
         }
         registry.register(
             "flows_map_full",
-            "Connections counted under the catch-all series (peer=\"other\", role=\"unknown\") because the FLOWS map was full",
+            "Connections counted under the catch-all series (peer=\"other\", role=\"unknown\") because the FLOWS map was full (or, vanishingly rarely, another flow held their flow's 64-bit id)",
             m.flows_full.clone(),
         );
         registry.register(
