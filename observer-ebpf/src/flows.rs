@@ -1,6 +1,6 @@
-//! Connection counts per owner, peer and role (`FLOWS`), driven by `sock_state`: one atomic
-//! add when a connection is established, one when it closes (with its lifetime bucket), no
-//! event. Also the owners remembered for later attribution: a listening socket's owner
+//! Connection counts per owner, peer and role (`FLOWS`, keyed by the key's 64-bit id), driven
+//! by `sock_state`: an atomic add when a connection is established, one when it leaves
+//! ESTABLISHED, and when it closes its lifetime's, no event. Also the owners remembered for later attribution: a listening socket's owner
 //! (`LISTENERS`, recorded in `listen()`) names the connections it accepts in softirq, and the
 //! owner of a socket that closed first (`CLOSERS`, at its hand-over to TIME_WAIT) names the
 //! TIME_WAIT socket userspace lists with `sock_diag`.
