@@ -14,7 +14,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{HashMap, IterableMap as _, MapData, RingBuf};
 use observer_common::event::RawEvent;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -25,6 +25,7 @@ use super::{
     Event,
     decode::{Decoder, monotonic_ns},
 };
+use crate::map_read;
 
 /// How long an abort waits in `PENDING` before the reader emits it: its reset comes a few
 /// instructions after it is held, in the same `close()`.
@@ -45,7 +46,7 @@ pub struct Counters {
 /// returns (closing `tx`).
 pub async fn run(
     ring: RingBuf<MapData>,
-    mut pending: Option<HashMap<MapData, u64, RawEvent>>,
+    pending: Option<HashMap<MapData, u64, RawEvent>>,
     decoder: Decoder,
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
@@ -59,7 +60,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = sweep_tick.tick(), if pending.is_some() => {
-                if let Some(pending) = pending.as_mut() {
+                if let Some(pending) = pending.as_ref() {
                     sweep(pending, &decoder, &tx, &counters).await;
                 }
             }
@@ -124,22 +125,22 @@ fn pass_on(
 /// their reset (`tcp_send_active_reset` returns before its tracepoint when it cannot allocate
 /// the segment), so they go out without an RST reason rather than not at all.
 async fn sweep(
-    pending: &mut HashMap<MapData, u64, RawEvent>,
+    pending: &HashMap<MapData, u64, RawEvent>,
     decoder: &Decoder,
     tx: &mpsc::Sender<Event>,
     counters: &Counters,
 ) {
     let now = monotonic_ns();
-    let stale: Vec<(u64, RawEvent)> = pending
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, raw)| now.saturating_sub(raw.ts_ns) > RESET_GIVEN_UP_NS)
-        .collect();
-    for (sk, raw) in stale {
-        // Only the one who removes it emits it.
-        if pending.remove(&sk).is_err() {
+    let held = map_read::dump::<u64, RawEvent>(pending.map())
+        .unwrap_or_else(|_| pending.iter().filter_map(Result::ok).collect());
+    for (sk, listed) in held {
+        if now.saturating_sub(listed.ts_ns) <= RESET_GIVEN_UP_NS {
             continue;
         }
+        // Only the one who takes it emits it: the reset program may have meanwhile.
+        let Ok(Some(raw)) = map_read::take::<u64, RawEvent>(pending.map(), &sk) else {
+            continue;
+        };
         let Ok(room) = tx.reserve().await else {
             return;
         };
