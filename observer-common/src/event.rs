@@ -141,7 +141,8 @@ pub enum Stat {
     LostLingerAbort = 1,
     /// Aborts lost because the `PENDING` map was full.
     PendingFull = 2,
-    /// Sockets not tracked because the `SOCKS` map refused an insert.
+    /// Sockets not tracked: both their `SOCK_SLOTS` slots were taken and the `SOCKS` overflow
+    /// map refused the insert.
     SocksFull = 3,
     /// Kernel memory reads that failed (`bpf_probe_read_kernel`).
     ReadFailed = 4,

@@ -26,9 +26,10 @@ use observer_common::{
 
 use crate::{
     emit, flows,
-    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, READS_SINCE, SOCKS, config_flag},
+    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, READS_SINCE, config_flag},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
+    socks,
 };
 
 /// A socket that leaves CLOSE_WAIT unpromoted after this long was missed by every scan (they
@@ -141,7 +142,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     if sk.state() != Ok(tcp::CLOSE_WAIT) {
         return 0;
     }
-    let Some(st) = SOCKS.get_ptr_mut(sk.key()) else {
+    let Some(st) = socks::get(sk) else {
         // Entered CLOSE_WAIT before the programs ran (the agent lists those at start-up) or
         // was inserted at entry.
         return 0;

@@ -46,7 +46,7 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
             Stat::LostRstOnClose => "ring buffer full, rst_on_close events lost",
             Stat::LostLingerAbort => "ring buffer full, linger_abort events lost",
             Stat::PendingFull => "PENDING map full, aborts lost",
-            Stat::SocksFull => "SOCKS map refused an insert, sockets untracked",
+            Stat::SocksFull => "socket slots taken and SOCKS refused an insert, sockets untracked",
             Stat::ReadFailed => "kernel memory read failed",
             Stat::LostCloseWaitResolved => "ring buffer full, close_wait_resolved events lost",
             Stat::CloseWaitFull => "CLOSE_WAIT map full, sockets untracked",

@@ -4,6 +4,7 @@
 //! # Layout
 //! * `maps` — every map and the `OFFSETS` global, each with its lifecycle.
 //! * `sock` — reads kernel socket fields at offsets resolved from BTF by userspace.
+//! * `socks` — per-socket state: a slot table indexed by the socket's address, with an overflow.
 //! * `emit` — ring-buffer output and the per-CPU drop counters.
 //! * `close_wait` — CLOSE_WAIT entries, reads while in it, and the end of a reported leak;
 //!   `iter/tcp` promotion of the sockets still in CLOSE_WAIT when the agent scans.
@@ -40,4 +41,5 @@ mod runtime;
 mod sock;
 mod sock_recv;
 mod sock_state;
+mod socks;
 mod tcp_reset;

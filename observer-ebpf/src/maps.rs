@@ -128,15 +128,46 @@ pub(crate) struct LastRead {
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert instead of all at load.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// sk -> owner, role and times. Inserted: `sock_state` (SYN_SENT, SYN_RECV -> ESTABLISHED),
-/// `sock_recv` (first read of a socket seen no other way). Updated: `sock_state` (ESTABLISHED,
-/// CLOSE_WAIT, FIN_WAIT1 in the owner's context), `sock_recv`,
-/// `close_wait::promote`. Deleted: `sock_state` (CLOSE, which every full TCP socket passes
-/// before it is destroyed, whatever else fails there; `sock_recv` creates none for a closed
-/// socket), so no entry outlives its socket to mislead a new one at its address. LRU, so a
-/// missed CLOSE cannot leak an entry.
+/// Per-socket state, one slot per socket (`socks`): a socket takes the first free one of two
+/// slots its address hashes to. Claimed: `socks::insert`, from `sock_state` (SYN_SENT,
+/// SYN_RECV -> ESTABLISHED) and `sock_recv` (first read of a socket seen no other way).
+/// Updated: `sock_state` (ESTABLISHED, CLOSE_WAIT, FIN_WAIT1 in the owner's context),
+/// `sock_recv`, `close_wait::promote`. Freed: `sock_state` at CLOSE, which every full TCP
+/// socket passes before it is destroyed, whatever else fails there (`sock_recv` claims none
+/// for a closed socket), so no slot outlives its socket to mislead a new one at its address.
+/// 2^18 slots of 128 bytes, 32 MiB: two choices keep about 85% of 200,000 sockets in a slot.
 #[map]
-pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_144, 0);
+pub(crate) static SOCK_SLOTS: Array<SockSlot> = Array::with_max_entries(1 << SLOT_BITS, 0);
+
+/// log2 of the [`SOCK_SLOTS`] slot count.
+pub(crate) const SLOT_BITS: u32 = 18;
+
+/// One [`SOCK_SLOTS`] slot.
+#[repr(C)]
+pub(crate) struct SockSlot {
+    /// Address of the socket holding it (its `SOCKS` key), 0 when free.
+    pub(crate) sk: u64,
+    /// Sockets holding or claiming it (atomic adds): 1 is the holder alone.
+    pub(crate) claims: u64,
+    /// The holder's state.
+    pub(crate) state: SockState,
+}
+
+/// sk -> state of a socket whose two slots were both taken (the overflow). Inserted, updated
+/// and deleted as [`SOCK_SLOTS`]. LRU, so a missed CLOSE cannot leak an entry; 65,536 entries
+/// hold the overflow of about 260,000 sockets.
+#[map]
+pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Entries inserted into [`SOCKS`] less those deleted (an eviction is not subtracted): while 0,
+/// a socket without a slot is not looked up there. Added to atomically: `socks`.
+#[map]
+pub(crate) static SOCKS_HELD: Array<u64> = Array::with_max_entries(1, 0);
+
+/// One word per CPU: `socks` stores a socket's address here and reads it back as a number to
+/// hash it. Written and read: `socks`, within one call.
+#[map]
+pub(crate) static WORD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// sk -> abort seen at `-> CLOSE`, waiting for the RST reason (only when the agent sets
 /// `Config::EMIT_AT_RESET`). Inserted: `sock_state`. Emitted with the reason and deleted:

@@ -28,10 +28,11 @@ use observer_common::{
 
 use crate::{
     close_wait, emit,
-    maps::{LAST_READ, LAST_READ_SLOTS, LastRead, SOCKS},
+    maps::{LAST_READ, LAST_READ_SLOTS, LastRead},
     off,
     sock::{Sock, set_owner},
     sock_state::track_reader,
+    socks,
 };
 
 /// BTF tracepoint entry: `(struct sock *sk, int ret, int flags)`.
@@ -120,7 +121,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
             return 0;
         }
     }
-    match SOCKS.get_ptr_mut(sk.key()) {
+    match socks::get(sk) {
         // SAFETY: LRU entry pointer, valid for this program run.
         Some(st) => unsafe {
             if consumed_at != 0 {
@@ -154,7 +155,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
 }
 
 /// This CPU's [`LAST_READ`] slot for a read by thread `tid` of `sk`: a hash of the thread and
-/// the peer port (the verifier allows no arithmetic on the socket's address), so a thread per
+/// the peer port, so a thread per
 /// connection, or one thread reading many peers, spread over the slots.
 #[inline(always)]
 fn last_read<const B: bool>(sk: Sock<B>, tid: u32) -> Option<*mut LastRead> {

@@ -36,9 +36,10 @@ use observer_common::{
 
 use crate::{
     close_wait, emit, flows,
-    maps::{PENDING, SOCKS, config_flag},
+    maps::{PENDING, config_flag},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
+    socks,
 };
 
 /// BTF tracepoint entry: `(struct sock *sk, int oldstate, int newstate)`.
@@ -104,11 +105,7 @@ fn try_run<C: EbpfContext, const B: bool>(
             new,
             tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::CLOSE
         );
-    let st = if uses_entry {
-        SOCKS.get_ptr_mut(sk.key())
-    } else {
-        None
-    };
+    let st = if uses_entry { socks::get(sk) } else { None };
     // Through the stack: otherwise the compiler, knowing the steps below run only where the
     // lookup ran, reads the lookup's register on paths the verifier cannot rule out (it does
     // not follow the bit test `matches!` compiles to) and the program is refused.
@@ -165,7 +162,7 @@ fn try_run<C: EbpfContext, const B: bool>(
             let counted = flows::close(ctx, sk, st, old);
             // Whatever failed above: no entry outlives its socket, whose address a new
             // socket may get.
-            let _ = SOCKS.remove(sk.key());
+            socks::remove(sk);
             aborted?;
             counted?;
         }
@@ -281,7 +278,7 @@ fn fresh(role: Role) -> SockState {
 
 #[inline(always)]
 fn insert<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, st: &SockState) {
-    if SOCKS.insert(sk.key(), st, 0).is_err() {
+    if socks::insert(sk, st).is_err() {
         emit::count(ctx, Stat::SocksFull);
     }
 }
