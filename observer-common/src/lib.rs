@@ -36,7 +36,12 @@ pub mod maps {
     pub const CW_EPOCHS: u32 = 3;
     /// The current scan epoch's [`CW_PENDING`] slot (one `u32`), advanced by the agent each scan.
     pub const CW_EPOCH: &str = "CW_EPOCH";
-    /// Per-socket state recorded in process context (owner, role, times).
+    /// Per-socket state recorded in process context (owner, role, times): one slot per
+    /// socket, indexed by a hash of its address (the agent sets the slot count at load).
+    pub const SOCK_SLOTS: &str = "SOCK_SLOTS";
+    /// Default slot count of [`SOCK_SLOTS`] (`--socket-slots`).
+    pub const SOCK_SLOTS_DEFAULT: u32 = 262_144;
+    /// Per-socket state of the sockets whose slots were both taken (the overflow).
     pub const SOCKS: &str = "SOCKS";
     /// Since when the read hook has been attached without a break (one `u64`, monotonic ns;
     /// `u64::MAX` while detached): older last reads may not be the last.
@@ -59,3 +64,7 @@ pub mod maps {
 
 /// Name of the global that carries [`layout::Offsets`] into the programs.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// Name of the global that carries log2 of the `SOCK_SLOTS` slot count (a `u32`) into the
+/// programs.
+pub const SLOT_BITS_GLOBAL: &str = "SLOT_BITS";

@@ -27,10 +27,11 @@ macro_rules! off {
     };
 }
 
-/// Volatile load of one `OFFSETS` member (see [`off!`](crate::off)).
+/// Volatile load of a global userspace sets at load time (an `OFFSETS` member, see
+/// [`off!`](crate::off), or `SLOT_BITS`).
 #[inline(always)]
 pub(crate) fn load(field: *const u32) -> u32 {
-    // SAFETY: `field` points into the `OFFSETS` static, which lives for the whole program.
+    // SAFETY: `field` points into a static, which lives for the whole program.
     unsafe { core::ptr::read_volatile(field) }
 }
 
@@ -135,12 +136,16 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// `sock_recv`, `close_wait::promote`. Freed: `sock_state` at CLOSE, which every full TCP
 /// socket passes before it is destroyed, whatever else fails there (`sock_recv` claims none
 /// for a closed socket), so no slot outlives its socket to mislead a new one at its address.
-/// 2^18 slots of 128 bytes, 32 MiB: two choices keep about 85% of 200,000 sockets in a slot.
+/// The agent sets the size (`--socket-slots`, 2^18 by default: 128 bytes a slot, 32 MiB; two
+/// choices keep about 85% of 200,000 sockets in a slot) and [`SLOT_BITS`] to match.
 #[map]
-pub(crate) static SOCK_SLOTS: Array<SockSlot> = Array::with_max_entries(1 << SLOT_BITS, 0);
+pub(crate) static SOCK_SLOTS: Array<SockSlot> =
+    Array::with_max_entries(observer_common::maps::SOCK_SLOTS_DEFAULT, 0);
 
-/// log2 of the [`SOCK_SLOTS`] slot count.
-pub(crate) const SLOT_BITS: u32 = 18;
+/// log2 of the [`SOCK_SLOTS`] slot count, written by userspace through `override_global`
+/// before load (read-only: the verifier knows its value).
+#[unsafe(no_mangle)]
+pub(crate) static SLOT_BITS: u32 = observer_common::maps::SOCK_SLOTS_DEFAULT.trailing_zeros();
 
 /// One [`SOCK_SLOTS`] slot.
 #[repr(C)]

@@ -15,7 +15,7 @@ use observer_common::event::SockState;
 
 use crate::{
     flows::add,
-    maps::{SLOT_BITS, SOCK_SLOTS, SOCKS, SOCKS_HELD, SockSlot, WORD},
+    maps::{SLOT_BITS, SOCK_SLOTS, SOCKS, SOCKS_HELD, SockSlot, WORD, load},
     sock::Sock,
 };
 
@@ -108,12 +108,15 @@ fn claim(i: u32, key: u64) -> Option<*mut SockSlot> {
     Some(s)
 }
 
-/// The two candidate slots of `sk`: two parts of a multiplicative hash of its address.
+/// The two candidate slots of `sk`: two parts of a multiplicative hash of its address (the top
+/// bits, and bits from 16 up: apart for tables of up to 2^24 slots).
 #[inline(always)]
 fn slots<const B: bool>(sk: Sock<B>) -> (u32, u32) {
+    // 1 to 24, from the agent.
+    let bits = load(&raw const SLOT_BITS);
     let h = address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mask = (1 << SLOT_BITS) - 1;
-    ((h >> (64 - SLOT_BITS)) as u32, (h >> 20) as u32 & mask)
+    let mask = (1_u64 << bits) - 1;
+    ((h >> (64 - bits)) as u32, ((h >> 16) & mask) as u32)
 }
 
 /// `sk`'s address as a number: the verifier allows no arithmetic on a BTF-typed pointer, nor

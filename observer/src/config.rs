@@ -183,6 +183,18 @@ pub struct ProbeArgs {
     )]
     pub read_hook: ReadHook,
 
+    /// Slots in the kernel's per-socket table (a power of two from 2 to 16777216; 128 bytes
+    /// each, allocated at start). Each socket takes one of two slots its address hashes to;
+    /// where both are taken it goes into an overflow map of 65,536 (slower). The default
+    /// holds about 260,000 live TCP sockets: raise it on nodes with more.
+    #[arg(
+        long,
+        env = "OBSERVER_SOCKET_SLOTS",
+        value_name = "N",
+        default_value_t = observer_common::maps::SOCK_SLOTS_DEFAULT
+    )]
+    pub socket_slots: u32,
+
     /// Directory on bpffs where maps that must outlive the agent are pinned (the CLOSE_WAIT
     /// table): a restarted agent finds them there with every socket's true entry time.
     #[arg(
@@ -446,6 +458,12 @@ impl ProbeArgs {
                 return Err(Error::DuplicateHookType(*t));
             }
         }
+        if !self.socket_slots.is_power_of_two() || !(2..=1 << 24).contains(&self.socket_slots) {
+            return Err(Error::Invalid(
+                "--socket-slots",
+                "it must be a power of two from 2 to 16777216",
+            ));
+        }
         Ok(())
     }
 }
@@ -535,6 +553,16 @@ mod tests {
             ("--churn-rate", "0", "it must be a number above 0"),
             ("--explosion-threshold", "0", "it must be at least 1"),
             ("--pool-interval", "10ms", "it must be at least 100ms"),
+            (
+                "--socket-slots",
+                "100000",
+                "it must be a power of two from 2 to 16777216",
+            ),
+            (
+                "--socket-slots",
+                "1",
+                "it must be a power of two from 2 to 16777216",
+            ),
         ] {
             let Command::Agent(a) = parse(&["agent", flag, value]).unwrap().command else {
                 panic!("not agent")

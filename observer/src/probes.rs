@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
 };
 use observer_common::{
-    OFFSETS_GLOBAL,
+    OFFSETS_GLOBAL, SLOT_BITS_GLOBAL,
     event::{CloseWaitEntry, Config, RawEvent, Stat},
     flow::{FlowEntry, FlowKey},
     layout::ABSENT,
@@ -198,6 +198,8 @@ impl Probes {
             .btf(Some(&btf))
             .default_map_pin_directory(&args.pin_dir)
             .override_global(OFFSETS_GLOBAL, &layout.offsets, true)
+            .override_global(SLOT_BITS_GLOBAL, &args.socket_slots.trailing_zeros(), true)
+            .map_max_entries(maps::SOCK_SLOTS, args.socket_slots)
             .load(OBJECT)?;
         let (mut plan, reads) = attach_optional(&mut ebpf, &btf, layout, args)?;
         let hold_for_reset = plan

@@ -1,6 +1,7 @@
 //! CLOSE_WAIT leaks on real sockets: a pooled client and a stuck server, reported once past the
 //! threshold and resolved when closed; entry times that survive an agent restart; sockets found
 //! at start-up; the tracked set against `ss`, more sockets than one scan reports;
+//! a slot table too small for the sockets, whose state then lives in the overflow map;
 //! redis-server's idle timeout against a real client pool; the read hook attached on demand.
 
 use std::{
@@ -15,7 +16,8 @@ use std::{
 use serde_json::Value;
 
 use super::support::{
-    Agent, PinDir, in_netns, of_kind, require_bpf, sample, scrape, wait_metrics, wait_queued,
+    Agent, PinDir, in_netns, of_kind, own_comm, require_bpf, sample, scrape, wait_metrics,
+    wait_queued,
 };
 
 /// Events of `kind` once `n` of them arrived (or the wait ran out).
@@ -321,6 +323,83 @@ fn the_tracked_set_equals_ss_with_5000_sockets_over_several_scans() {
     assert_eq!(tracked, ss, "socket for socket, what ss lists");
     drop(held);
     assert_eq!(wait_kind(&agent, ns, "close_wait_resolved", N).len(), N);
+}
+
+/// A table of 16 slots (`--socket-slots 16`) sends nearly every socket's state to the overflow
+/// map: owners, roles and connection counts come out as they do from slots, and nothing is
+/// counted as untracked.
+#[test]
+fn a_small_slot_table_spills_into_the_overflow_and_loses_nothing() {
+    const N: usize = 400;
+    if !require_bpf() {
+        return;
+    }
+    raise_file_limit(2 * N + 100);
+    let agent = Agent::start(&[
+        "--close-wait-threshold",
+        "1s",
+        "--pool-interval",
+        "1s",
+        "--socket-slots",
+        "16",
+    ]);
+    let (ns, port, held, ss) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut held = Vec::with_capacity(N);
+        for _ in 0..N {
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            drop(l.accept().unwrap());
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        (ns, l.local_addr().unwrap().port(), held, ss_close_wait())
+    });
+    assert_eq!(ss.len(), N, "the scenario put {N} sockets in CLOSE_WAIT");
+    let leaks = wait_kind(&agent, ns, "close_wait_leak", N);
+    assert_eq!(leaks.len(), N, "one leak per socket");
+    for leak in &leaks {
+        // Both come from the socket's recorded state, not from the task at hand.
+        assert_eq!(leak["pid"], std::process::id(), "{leak}");
+        assert_eq!(leak["role"], "client", "{leak}");
+    }
+    let tracked: BTreeSet<(u16, u16)> = leaks
+        .iter()
+        .map(|e| (ms(&e["local_port"]) as u16, ms(&e["peer_port"]) as u16))
+        .collect();
+    assert_eq!(tracked, ss, "socket for socket, what ss lists");
+    drop(held);
+    assert_eq!(wait_kind(&agent, ns, "close_wait_resolved", N).len(), N);
+    let comm = own_comm();
+    let peer = format!("127.0.0.1:{port}");
+    let client = [
+        ("comm", comm.as_str()),
+        ("peer", peer.as_str()),
+        ("role", "client"),
+    ];
+    let server = [
+        ("comm", comm.as_str()),
+        ("peer", "127.0.0.1"),
+        ("role", "server"),
+    ];
+    // Each close is counted in the entry its socket's state names.
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "every connection counted closed on both ends",
+        |t| {
+            sample(t, "observer_connections_closed_total", &client) == Some(N as f64)
+                && sample(t, "observer_connections_closed_total", &server) == Some(N as f64)
+        },
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "observer_events_lost_total",
+            &[("source", "socks_map_full")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[test]
