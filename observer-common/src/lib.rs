@@ -43,6 +43,10 @@ pub mod maps {
     pub const SOCK_SLOTS_DEFAULT: u32 = 262_144;
     /// Per-socket state of the sockets whose slots were both taken (the overflow).
     pub const SOCKS: &str = "SOCKS";
+    /// Capacity of [`SOCKS`].
+    pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
+    /// Entries inserted into [`SOCKS`] less those deleted (one `u64`; evictions still counted).
+    pub const SOCKS_HELD: &str = "SOCKS_HELD";
     /// Since when the read hook has been attached without a break (one `u64`, monotonic ns;
     /// `u64::MAX` while detached): older last reads may not be the last.
     pub const READS_SINCE: &str = "READS_SINCE";

@@ -162,10 +162,12 @@ pub(crate) struct SockSlot {
 /// and deleted as [`SOCK_SLOTS`]. LRU, so a missed CLOSE cannot leak an entry; 65,536 entries
 /// hold the overflow of about 260,000 sockets.
 #[map]
-pub(crate) static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65_536, 0);
+pub(crate) static SOCKS: LruHashMap<u64, SockState> =
+    LruHashMap::with_max_entries(observer_common::maps::SOCKS_MAX_ENTRIES, 0);
 
 /// Entries inserted into [`SOCKS`] less those deleted (an eviction is not subtracted): while 0,
-/// a socket without a slot is not looked up there. Added to atomically: `socks`.
+/// a socket without a slot is not looked up there. Added to atomically: `socks`. Read: the
+/// agent, every second (`observer_map_entries{map="SOCKS"}`).
 #[map]
 pub(crate) static SOCKS_HELD: Array<u64> = Array::with_max_entries(1, 0);
 

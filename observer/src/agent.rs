@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use observer_common::event::Stat;
+use observer_common::{event::Stat, maps};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -170,6 +170,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut tick = tokio::time::interval(STATS_EVERY);
     let drops = Drops::default();
+    let overflow = self_metrics.map(maps::SOCKS, maps::SOCKS_MAX_ENTRIES);
     let mut reads = ReadsOnDemand::default();
     let why = loop {
         tokio::select! {
@@ -177,6 +178,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 drops.update(&probes, &counters, &self_metrics, &state.status);
                 self_metrics.ringbuf_used.set(i64::try_from(probes.take_ring_fill()).unwrap_or(i64::MAX));
+                overflow.set(i64::try_from(probes.overflow_sockets()).unwrap_or(i64::MAX));
                 reads.update(&mut probes, &state, &self_metrics);
             }
         }

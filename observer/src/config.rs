@@ -185,8 +185,9 @@ pub struct ProbeArgs {
 
     /// Slots in the kernel's per-socket table (a power of two from 2 to 16777216; 128 bytes
     /// each, allocated at start). Each socket takes one of two slots its address hashes to;
-    /// where both are taken it goes into an overflow map of 65,536 (slower). The default
-    /// holds about 260,000 live TCP sockets: raise it on nodes with more.
+    /// where both are taken it goes into an overflow map of 65,536 (slower; counted in
+    /// `observer_map_entries{map="SOCKS"}`). The default holds about 260,000 live TCP
+    /// sockets: raise it on nodes with more.
     #[arg(
         long,
         env = "OBSERVER_SOCKET_SLOTS",

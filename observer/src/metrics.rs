@@ -288,7 +288,7 @@ pub struct SelfMetrics {
     pub probe_attached: Family<ProbeLabels, Gauge>,
     /// Kernel memory reads that failed in the programs.
     pub kernel_read_errors: Counter,
-    /// Entries in the pinned CLOSE_WAIT map, and its capacity.
+    /// Entries in the pinned CLOSE_WAIT map, `FLOWS` and the `SOCKS` overflow.
     pub map_entries: Family<MapLabels, Gauge>,
     /// Capacity of each map reported in `map_entries`.
     pub map_capacity: Family<MapLabels, Gauge>,
@@ -349,7 +349,7 @@ impl SelfMetrics {
         );
         registry.register(
             "map_entries",
-            "Entries in an eBPF map",
+            "Entries in an eBPF map (SOCKS: sockets whose two slots were both taken; raise --socket-slots if it stays above 0)",
             m.map_entries.clone(),
         );
         // Every source exists from the start, so a rate or an alert sees 0, not nothing.

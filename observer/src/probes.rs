@@ -155,6 +155,8 @@ pub struct Probes {
     plan: Vec<PlanEntry>,
     stats: PerCpuArray<MapData, u64>,
     fill: PerCpuArray<MapData, u64>,
+    /// `SOCKS_HELD`: sockets whose state is in the overflow map.
+    overflow: Array<MapData, u64>,
     flows: Option<HashMap<MapData, u64, FlowEntry>>,
     promoter: Option<Promoter>,
     /// The programs hold aborts in `PENDING` for the reset hook (`Config::EMIT_AT_RESET`).
@@ -257,11 +259,13 @@ impl Probes {
         }
         let counters = take(&mut ebpf, maps::STATS)?;
         let fill = take(&mut ebpf, maps::EVENTS_FILL)?;
+        let overflow = take(&mut ebpf, maps::SOCKS_HELD)?;
         Ok(Self {
             ebpf,
             plan,
             stats: counters,
             fill,
+            overflow,
             flows: Some(flows),
             promoter,
             hold_for_reset,
@@ -387,6 +391,12 @@ impl Probes {
             let _ = self.fill.set(0, zeros, 0);
         }
         peak
+    }
+
+    /// Sockets whose state lives in the overflow map (`SOCKS`), their two slots being taken:
+    /// inserted less deleted, so an entry the LRU evicted still counts.
+    pub fn overflow_sockets(&self) -> u64 {
+        self.overflow.get(&0, 0).unwrap_or(0)
     }
 
     /// For each attached program, the times the kernel skipped it because it was already

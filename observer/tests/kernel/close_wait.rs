@@ -326,8 +326,8 @@ fn the_tracked_set_equals_ss_with_5000_sockets_over_several_scans() {
 }
 
 /// A table of 16 slots (`--socket-slots 16`) sends nearly every socket's state to the overflow
-/// map: owners, roles and connection counts come out as they do from slots, and nothing is
-/// counted as untracked.
+/// map: owners, roles and connection counts come out as they do from slots, nothing is counted
+/// as untracked, and the overflow's occupancy is exported (and back to 0 once all are closed).
 #[test]
 fn a_small_slot_table_spills_into_the_overflow_and_loses_nothing() {
     const N: usize = 400;
@@ -367,6 +367,13 @@ fn a_small_slot_table_spills_into_the_overflow_and_loses_nothing() {
         .map(|e| (ms(&e["local_port"]) as u16, ms(&e["peer_port"]) as u16))
         .collect();
     assert_eq!(tracked, ss, "socket for socket, what ss lists");
+    // 16 slots hold 16 sockets at most: the rest are in the overflow, and the metric says so.
+    let overflow = |t: &str| sample(t, "observer_map_entries", &[("map", "SOCKS")]);
+    let text = scrape(&agent.url);
+    assert!(
+        overflow(&text).is_some_and(|n| n >= (N - 16) as f64),
+        "{text}"
+    );
     drop(held);
     assert_eq!(wait_kind(&agent, ns, "close_wait_resolved", N).len(), N);
     let comm = own_comm();
@@ -389,6 +396,8 @@ fn a_small_slot_table_spills_into_the_overflow_and_loses_nothing() {
         |t| {
             sample(t, "observer_connections_closed_total", &client) == Some(N as f64)
                 && sample(t, "observer_connections_closed_total", &server) == Some(N as f64)
+                // Every overflow entry deleted at its socket's close.
+                && overflow(t) == Some(0.0)
         },
     );
     assert_eq!(
