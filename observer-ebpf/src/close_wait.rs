@@ -50,7 +50,7 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
     let now = tcp.refreshed_now_ns();
     let promoted = config_flag(Config::PROMOTE_CLOSE_WAIT);
     if let Some(st) = st {
-        // SAFETY: LRU entry pointer, valid for this program run.
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         let st = unsafe { &mut *st };
         st.flags |= SOCK_IN_CLOSE_WAIT;
         st.close_wait_ns = now;
@@ -100,7 +100,7 @@ fn entry<const B: bool>(
         flags: 0,
     };
     if let Some(st) = st {
-        // SAFETY: LRU entry pointer, valid for this program run.
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         let st = unsafe { &*st };
         e.established_ns = st.established_ns;
         // A read from before the hook was last attached may not be the last one.
@@ -147,7 +147,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
         // was inserted at entry.
         return 0;
     };
-    // SAFETY: LRU entry pointer, valid for this program run.
+    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
     let flags = unsafe { (*st).flags };
     if flags & SOCK_IN_CLOSE_WAIT == 0 || flags & SOCK_CW_TRACKED != 0 {
         return 0;
@@ -190,7 +190,7 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
 ) -> Result<(), i32> {
     let key = sk.key();
     if let Some(st) = st {
-        // SAFETY: LRU entry pointer, valid for this program run.
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         let st = unsafe { &mut *st };
         let flags = st.flags;
         st.flags &= !(SOCK_IN_CLOSE_WAIT | SOCK_CW_TRACKED);

@@ -108,7 +108,7 @@ pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<*mut SockSta
     let Some(st) = st else {
         return;
     };
-    // SAFETY: LRU entry pointer, valid for this program run.
+    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
     let st = unsafe { &*st };
     if st.flags & SOCK_COUNTED == 0 {
         return;
@@ -132,7 +132,7 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
     let Some(st) = st else {
         return Ok(());
     };
-    // SAFETY: LRU entry pointer, valid for this program run.
+    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
     let st = unsafe { &*st };
     let tcp = sk.tcp()?;
     if st.flags & SOCK_COUNTED != 0 {

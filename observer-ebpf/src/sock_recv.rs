@@ -122,7 +122,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
         }
     }
     match socks::get(sk) {
-        // SAFETY: LRU entry pointer, valid for this program run.
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         Some(st) => unsafe {
             if consumed_at != 0 {
                 (*st).last_read_ns = consumed_at;

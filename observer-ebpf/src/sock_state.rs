@@ -123,22 +123,36 @@ fn try_run<C: EbpfContext, const B: bool>(
             set_owner::<B>(&mut st, current_pid());
             insert(ctx, sk, &st);
         }
+        // An accepted socket. A state found for it was made by a read before the handshake
+        // completed (TCP Fast Open data): its reader is kept. One with a handshake time is an
+        // earlier socket's at the same address, whose `-> CLOSE` the programs missed (a run the
+        // kernel skipped as recursion): it is replaced, flags and flow included.
+        tcp::ESTABLISHED if old == tcp::SYN_RECV => {
+            let mut new = fresh(Role::Server);
+            if let Some(found) = st {
+                // SAFETY: a slot or overflow entry, valid for this program run.
+                let found = unsafe { &*found };
+                if found.established_ns == 0 {
+                    (new.pid, new.comm, new.cgroup_id) = (found.pid, found.comm, found.cgroup_id);
+                    new.last_read_ns = found.last_read_ns;
+                }
+            }
+            // Softirq, processing the segment that completed the handshake.
+            new.established_ns = sk.refreshed_now_ns();
+            // Tracked even if counting fails (the failure is counted by the caller).
+            let counted = flows::open(ctx, sk, &mut new, Role::Server);
+            insert(ctx, sk, &new);
+            counted?;
+        }
         tcp::ESTABLISHED => {
             if let Some(st) = st {
-                // SAFETY: LRU entry pointer, valid for this program run.
+                // SAFETY: a slot or overflow entry, valid for this program run.
                 let st = unsafe { &mut *st };
                 // Softirq, processing the segment that completed the handshake.
                 st.established_ns = sk.refreshed_now_ns();
                 if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
                     flows::open(ctx, sk, st, Role::Client)?;
                 }
-            } else if old == tcp::SYN_RECV {
-                let mut st = fresh(Role::Server);
-                st.established_ns = sk.refreshed_now_ns();
-                // Tracked even if counting fails (the failure is counted by the caller).
-                let counted = flows::open(ctx, sk, &mut st, Role::Server);
-                insert(ctx, sk, &st);
-                counted?;
             }
         }
         tcp::LISTEN => flows::listen(sk)?,
@@ -149,7 +163,7 @@ fn try_run<C: EbpfContext, const B: bool>(
         tcp::FIN_WAIT1 => {
             let pid = current_pid();
             if let Some(st) = st {
-                // SAFETY: LRU entry pointer, valid for this program run.
+                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
                 unsafe {
                     if (*st).pid != pid {
                         set_owner::<B>(&mut *st, pid);
@@ -239,7 +253,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
     // This runs in the closing task: it is the owner, whatever was recorded before.
     (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     if let Some(st) = st {
-        // SAFETY: LRU entry pointer, valid for this program run.
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         let st = unsafe { &*st };
         ev.established_ns = st.established_ns;
         ev.last_read_ns = st.last_read_ns;
