@@ -142,7 +142,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     if sk.state() != Ok(tcp::CLOSE_WAIT) {
         return 0;
     }
-    let Some(st) = socks::get(sk) else {
+    let Some(st) = socks::get(socks::Hook::Promote, sk) else {
         // Entered CLOSE_WAIT before the programs ran (the agent lists those at start-up) or
         // was inserted at entry.
         return 0;

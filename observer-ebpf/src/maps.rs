@@ -12,6 +12,8 @@ use observer_common::{
     maps::{CLOSERS_MAX_ENTRIES, FLOWS_MAX_ENTRIES},
 };
 
+use crate::socks::Hook;
+
 /// Field offsets for this kernel, written by userspace through `override_global` before load.
 /// Read: everywhere, through [`off!`](crate::off).
 #[unsafe(no_mangle)]
@@ -171,10 +173,11 @@ pub(crate) static SOCKS: LruHashMap<u64, SockState> =
 #[map]
 pub(crate) static SOCKS_HELD: Array<u64> = Array::with_max_entries(1, 0);
 
-/// One word per CPU: `socks` stores a socket's address here and reads it back as a number to
-/// hash it. Written and read: `socks`, within one call.
+/// Words per CPU, one per `socks::Hook`: `socks` stores a socket's address in the calling
+/// program's and reads it back as a number to hash it. Written and read: `socks`, within one
+/// call.
 #[map]
-pub(crate) static WORD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static WORD: PerCpuArray<u64> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
 /// sk -> abort seen at `-> CLOSE`, waiting for the RST reason (only when the agent sets
 /// `Config::EMIT_AT_RESET`). Inserted: `sock_state`. Emitted with the reason and deleted:

@@ -121,7 +121,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
             return 0;
         }
     }
-    match socks::get(sk) {
+    match socks::get(socks::Hook::Read, sk) {
         // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         Some(st) => unsafe {
             if consumed_at != 0 {

@@ -39,7 +39,7 @@ use crate::{
     maps::{PENDING, config_flag},
     off,
     sock::{Sock, current_owner, current_pid, set_owner},
-    socks,
+    socks::{self, Hook},
 };
 
 /// BTF tracepoint entry: `(struct sock *sk, int oldstate, int newstate)`.
@@ -105,7 +105,11 @@ fn try_run<C: EbpfContext, const B: bool>(
             new,
             tcp::ESTABLISHED | tcp::CLOSE_WAIT | tcp::FIN_WAIT1 | tcp::CLOSE
         );
-    let st = if uses_entry { socks::get(sk) } else { None };
+    let st = if uses_entry {
+        socks::get(Hook::State, sk)
+    } else {
+        None
+    };
     // Through the stack: otherwise the compiler, knowing the steps below run only where the
     // lookup ran, reads the lookup's register on paths the verifier cannot rule out (it does
     // not follow the bit test `matches!` compiles to) and the program is refused.
@@ -121,7 +125,7 @@ fn try_run<C: EbpfContext, const B: bool>(
         tcp::SYN_SENT => {
             let mut st = fresh(Role::Client);
             set_owner::<B>(&mut st, current_pid());
-            insert(ctx, sk, &st);
+            insert(ctx, Hook::State, sk, &st);
         }
         // An accepted socket. A state found for it was made by a read before the handshake
         // completed (TCP Fast Open data): its reader is kept. One with a handshake time is an
@@ -141,7 +145,7 @@ fn try_run<C: EbpfContext, const B: bool>(
             new.established_ns = sk.refreshed_now_ns();
             // Tracked even if counting fails (the failure is counted by the caller).
             let counted = flows::open(ctx, sk, &mut new, Role::Server);
-            insert(ctx, sk, &new);
+            insert(ctx, Hook::State, sk, &new);
             counted?;
         }
         tcp::ESTABLISHED => {
@@ -176,7 +180,7 @@ fn try_run<C: EbpfContext, const B: bool>(
             let counted = flows::close(ctx, sk, st, old);
             // Whatever failed above: no entry outlives its socket, whose address a new
             // socket may get.
-            socks::remove(sk);
+            socks::remove(Hook::State, sk);
             aborted?;
             counted?;
         }
@@ -291,8 +295,8 @@ fn fresh(role: Role) -> SockState {
 }
 
 #[inline(always)]
-fn insert<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, st: &SockState) {
-    if socks::insert(sk, st).is_err() {
+fn insert<C: EbpfContext, const B: bool>(ctx: &C, hook: Hook, sk: Sock<B>, st: &SockState) {
+    if socks::insert(hook, sk, st).is_err() {
         emit::count(ctx, Stat::SocksFull);
     }
 }
@@ -313,5 +317,5 @@ pub(crate) fn track_reader<C: EbpfContext, const B: bool>(
     let mut st = fresh(Role::Unknown);
     set_owner::<B>(&mut st, pid);
     st.last_read_ns = read_ns;
-    insert(ctx, sk, &st);
+    insert(ctx, Hook::Read, sk, &st);
 }

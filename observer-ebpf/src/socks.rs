@@ -10,6 +10,11 @@
 //! racing for one slot on two CPUs both add, and at most one reads 1: the other (or both) takes
 //! the back-off path and uses its other slot or the overflow, so a slot is never shared. Only
 //! plain atomic adds: no compare-and-swap, which eBPF gained in 5.12.
+//!
+//! The address is hashed through a per-CPU word (see [`address`]), one per [`Hook`]: the state
+//! program runs in softirq and may interrupt the read program or the iterator between the
+//! word's write and its read, but never itself (the kernel skips a program already running on
+//! the CPU), so no program's word is written under it.
 
 use observer_common::event::SockState;
 
@@ -19,11 +24,27 @@ use crate::{
     sock::Sock,
 };
 
+/// The program calling: each has its own per-CPU word to hash addresses with.
+#[derive(Clone, Copy)]
+pub(crate) enum Hook {
+    /// `sock_state`, and `close_wait`'s entry and exit it calls.
+    State = 0,
+    /// `sock_recv`.
+    Read = 1,
+    /// `close_wait::promote`, the TCP iterator.
+    Promote = 2,
+}
+
+impl Hook {
+    /// Entries of `WORD`.
+    pub(crate) const COUNT: u32 = 3;
+}
+
 /// `SockState` of `sk`: its slot's, else its overflow entry's, if it has either.
 #[inline(always)]
-pub(crate) fn get<const B: bool>(sk: Sock<B>) -> Option<*mut SockState> {
+pub(crate) fn get<const B: bool>(hook: Hook, sk: Sock<B>) -> Option<*mut SockState> {
     let key = sk.key();
-    let (a, b) = slots(sk);
+    let (a, b) = slots(hook, sk);
     if let Some(s) = held(a, key).or_else(|| held(b, key)) {
         // SAFETY: an array element, valid for this program run.
         return Some(unsafe { &raw mut (*s).state });
@@ -37,9 +58,9 @@ pub(crate) fn get<const B: bool>(sk: Sock<B>) -> Option<*mut SockState> {
 /// Stores `st` as `sk`'s state, replacing any it had. `Err` if neither a slot nor the overflow
 /// took it.
 #[inline(always)]
-pub(crate) fn insert<const B: bool>(sk: Sock<B>, st: &SockState) -> Result<(), ()> {
+pub(crate) fn insert<const B: bool>(hook: Hook, sk: Sock<B>, st: &SockState) -> Result<(), ()> {
     let key = sk.key();
-    let (a, b) = slots(sk);
+    let (a, b) = slots(hook, sk);
     let slot = held(a, key)
         .or_else(|| held(b, key))
         .or_else(|| claim(a, key))
@@ -59,9 +80,9 @@ pub(crate) fn insert<const B: bool>(sk: Sock<B>, st: &SockState) -> Result<(), (
 
 /// Forgets `sk`'s state: frees its slot, or deletes its overflow entry.
 #[inline(always)]
-pub(crate) fn remove<const B: bool>(sk: Sock<B>) {
+pub(crate) fn remove<const B: bool>(hook: Hook, sk: Sock<B>) {
     let key = sk.key();
-    let (a, b) = slots(sk);
+    let (a, b) = slots(hook, sk);
     if let Some(s) = held(a, key).or_else(|| held(b, key)) {
         // SAFETY: an array element this socket holds: the key first, so no lookup finds the
         // slot once it can be claimed again.
@@ -111,22 +132,23 @@ fn claim(i: u32, key: u64) -> Option<*mut SockSlot> {
 /// The two candidate slots of `sk`: two parts of a multiplicative hash of its address (the top
 /// bits, and bits from 16 up: apart for tables of up to 2^24 slots).
 #[inline(always)]
-fn slots<const B: bool>(sk: Sock<B>) -> (u32, u32) {
+fn slots<const B: bool>(hook: Hook, sk: Sock<B>) -> (u32, u32) {
     // 1 to 24, from the agent.
     let bits = load(&raw const SLOT_BITS);
-    let h = address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = address(hook, sk).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mask = (1_u64 << bits) - 1;
     ((h >> (64 - bits)) as u32, ((h >> 16) & mask) as u32)
 }
 
 /// `sk`'s address as a number: the verifier allows no arithmetic on a BTF-typed pointer, nor
 /// reading part of one spilled to the stack, but a word stored in a map reads back as a number.
+/// The word is `hook`'s own on this CPU: see the module's doc.
 #[inline(always)]
-fn address<const B: bool>(sk: Sock<B>) -> u64 {
-    let Some(word) = WORD.get_ptr_mut(0) else {
+fn address<const B: bool>(hook: Hook, sk: Sock<B>) -> u64 {
+    let Some(word) = WORD.get_ptr_mut(hook as u32) else {
         return 0;
     };
-    // SAFETY: this CPU's word, not shared while the program runs.
+    // SAFETY: this CPU's word of this hook, which no other program writes.
     unsafe {
         core::ptr::write_volatile(word, sk.key());
         core::ptr::read_volatile(word)
