@@ -4,7 +4,7 @@
 //! address, and takes the first free one; when both are taken it goes into `SOCKS`, an LRU hash
 //! (the overflow). A slot costs an array index and a compare where the hash map cost a hash, a
 //! bucket lock and, for an insert or delete, the LRU's free lists shared by every CPU: in a
-//! storm of short connections that was more than a third of the state program's time.
+//! storm of short connections the state program's time per call fell by a quarter.
 //!
 //! Claiming a free slot: an atomic add to its `claims` count, then a read of it. Two sockets
 //! racing for one slot on two CPUs both add, and at most one reads 1: the other (or both) takes
