@@ -129,12 +129,13 @@ fn try_run<C: EbpfContext, const B: bool>(
         }
         // An accepted socket. A state found for it was made by a read before the handshake
         // completed (TCP Fast Open data): its reader is kept. One with a handshake time is an
-        // earlier socket's at the same address, whose `-> CLOSE` the programs missed (a run the
-        // kernel skipped as recursion): it is replaced, flags and flow included.
+        // earlier socket's at the same address, whose `-> CLOSE` the programs missed (how is
+        // not known: no skipped runs were counted when it was seen): it is replaced, flags and
+        // flow included.
         tcp::ESTABLISHED if old == tcp::SYN_RECV => {
             let mut new = fresh(Role::Server);
             if let Some(found) = st {
-                // SAFETY: a slot or overflow entry, valid for this program run.
+                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
                 let found = unsafe { &*found };
                 if found.established_ns == 0 {
                     (new.pid, new.comm, new.cgroup_id) = (found.pid, found.comm, found.cgroup_id);
@@ -150,7 +151,7 @@ fn try_run<C: EbpfContext, const B: bool>(
         }
         tcp::ESTABLISHED => {
             if let Some(st) = st {
-                // SAFETY: a slot or overflow entry, valid for this program run.
+                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
                 let st = unsafe { &mut *st };
                 // Softirq, processing the segment that completed the handshake.
                 st.established_ns = sk.refreshed_now_ns();
