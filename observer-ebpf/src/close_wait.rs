@@ -18,18 +18,18 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::{
-        CW_REPORTED, CloseWaitEntry, Config, Kind, NO_RST_REASON, RawEvent, Role, SOCK_CW_TRACKED,
-        SOCK_IN_CLOSE_WAIT, SockState, Stat,
+        CW_REPORTED, CloseWaitEntry, Config, Kind, Role, SOCK_CW_TRACKED, SOCK_IN_CLOSE_WAIT,
+        SockState, Stat,
     },
     tcp,
 };
 
 use crate::{
     emit, flows,
-    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, READS_SINCE, config_flag},
+    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, ENTRY_SCRATCH, READS_SINCE, config_flag},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
-    socks,
+    socks::{self, Hook},
 };
 
 /// A socket that leaves CLOSE_WAIT unpromoted after this long was missed by every scan (they
@@ -63,42 +63,46 @@ pub(crate) fn enter<C: EbpfContext, const B: bool>(
         }
         st.flags |= SOCK_CW_TRACKED;
     }
-    let e = entry(sk, tcp, st, now)?;
+    let e = entry(Hook::State, sk, tcp, st, now)?;
     if CLOSE_WAIT.insert(sk.key(), e, 0).is_err() {
         emit::count(ctx, Stat::CloseWaitFull);
     }
     Ok(())
 }
 
-/// The `CLOSE_WAIT` entry of `sk`, entered at `entered_ns`, with what `st` knows.
+/// The `CLOSE_WAIT` entry of `sk`, entered at `entered_ns`, with what `st` knows, built in
+/// `hook`'s `ENTRY_SCRATCH` slot (off the stack: see `maps`) for the caller to insert.
 #[inline(always)]
 fn entry<const B: bool>(
+    hook: Hook,
     sk: Sock<B>,
     tcp: Tcp<B>,
     st: Option<*mut SockState>,
     entered_ns: u64,
-) -> Result<CloseWaitEntry, i32> {
+) -> Result<&'static CloseWaitEntry, i32> {
     let ends = sk.endpoints(tcp)?;
-    let mut e = CloseWaitEntry {
-        entered_ns,
-        established_ns: 0,
-        last_read_ns: 0,
-        cgroup_id: 0,
-        bytes_received: tcp.read(off!(tcp_bytes_received))?,
-        inode: 0,
-        saddr: ends.saddr,
-        daddr: ends.daddr,
-        comm: [0; 16],
-        rcv_nxt: tcp.read(off!(tcp_rcv_nxt))?,
-        copied_seq: tcp.read(off!(tcp_copied_seq))?,
-        netns: ends.netns,
-        pid: 0,
-        sport: ends.sport,
-        dport: ends.dport,
-        family: ends.family,
-        role: Role::Unknown as u8,
-        flags: 0,
-    };
+    let e = ENTRY_SCRATCH.get_ptr_mut(hook as u32).ok_or(0)?;
+    // SAFETY: this CPU's slot of `hook`, which no other program uses, valid for this run;
+    // every field is written below.
+    let e = unsafe { &mut *e };
+    e.entered_ns = entered_ns;
+    e.established_ns = 0;
+    e.last_read_ns = 0;
+    e.cgroup_id = 0;
+    e.bytes_received = tcp.read(off!(tcp_bytes_received))?;
+    e.inode = 0;
+    e.saddr = ends.saddr;
+    e.daddr = ends.daddr;
+    e.comm = [0; 16];
+    e.rcv_nxt = tcp.read(off!(tcp_rcv_nxt))?;
+    e.copied_seq = tcp.read(off!(tcp_copied_seq))?;
+    e.netns = ends.netns;
+    e.pid = 0;
+    e.sport = ends.sport;
+    e.dport = ends.dport;
+    e.family = ends.family;
+    e.role = Role::Unknown as u8;
+    e.flags = 0;
     if let Some(st) = st {
         // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
         let st = unsafe { &*st };
@@ -142,7 +146,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     if sk.state() != Ok(tcp::CLOSE_WAIT) {
         return 0;
     }
-    let Some(st) = socks::get(socks::Hook::Promote, sk) else {
+    let Some(st) = socks::get(Hook::Promote, sk) else {
         // Entered CLOSE_WAIT before the programs ran (the agent lists those at start-up) or
         // was inserted at entry.
         return 0;
@@ -154,7 +158,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     }
     // SAFETY: as above.
     let entered = unsafe { (*st).close_wait_ns };
-    let Ok(e) = entry(sk, tcp, Some(st), entered) else {
+    let Ok(e) = entry(Hook::Promote, sk, tcp, Some(st), entered) else {
         emit::count(&ctx, Stat::ReadFailed);
         return 0;
     };
@@ -205,62 +209,45 @@ pub(crate) fn leave<C: EbpfContext, const B: bool>(
             return Ok(());
         }
     }
-    // SAFETY: entry copied out before it is removed.
-    let entry = unsafe { CLOSE_WAIT.get(key) }.copied();
-    let _ = CLOSE_WAIT.remove(key);
-    if let Some(e) = entry
-        && e.flags & CW_REPORTED == 0
-    {
+    let entry = CLOSE_WAIT.get_ptr(key);
+    // SAFETY: a map value, valid for this program run.
+    if entry.is_some_and(|e| unsafe { (*e).flags } & CW_REPORTED == 0) {
+        let _ = CLOSE_WAIT.remove(key);
         return Ok(());
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let tcp = sk.tcp()?;
-    let ends = sk.endpoints(tcp)?;
-    let mut ev = RawEvent {
-        ts_ns: now,
-        sk: key,
-        cgroup_id: 0,
-        established_ns: 0,
-        bytes_received: 0,
-        bytes_sent: 0,
-        saddr: ends.saddr,
-        daddr: ends.daddr,
-        comm: [0; 16],
-        unread_bytes: 0,
-        netns: ends.netns,
-        pid: 0,
-        rst_reason: NO_RST_REASON,
-        sport: ends.sport,
-        dport: ends.dport,
-        family: ends.family,
-        kind: Kind::CloseWaitResolved as u8,
-        role: Role::Unknown as u8,
-        old_state: tcp::CLOSE_WAIT as u8,
-        _pad: [0; 7],
-        close_wait_ns: 0,
-        last_read_ns: 0,
+    let Some(ev) = emit::scratch(Hook::State, Kind::CloseWaitResolved, key, now) else {
+        let _ = CLOSE_WAIT.remove(key);
+        return Ok(());
     };
+    ev.old_state = tcp::CLOSE_WAIT as u8;
+    if let Some(e) = entry {
+        // SAFETY: as above; read before the entry is removed.
+        unsafe {
+            ev.close_wait_ns = now.saturating_sub((*e).entered_ns).max(1);
+            ev.established_ns = (*e).established_ns;
+            ev.last_read_ns = (*e).last_read_ns;
+            ev.role = (*e).role;
+            ev.pid = (*e).pid;
+            ev.comm = (*e).comm;
+            ev.cgroup_id = (*e).cgroup_id;
+        }
+    }
+    let _ = CLOSE_WAIT.remove(key);
+    let tcp = sk.tcp()?;
+    sk.endpoints(tcp)?.fill_event(ev);
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
     let copied: u32 = tcp.read(off!(tcp_copied_seq))?;
     let rcv_nxt: u32 = tcp.read(off!(tcp_rcv_nxt))?;
     ev.unread_bytes = tcp::unread_bytes(rcv_nxt, copied, true);
-    if let Some(e) = entry {
-        ev.close_wait_ns = now.saturating_sub(e.entered_ns).max(1);
-        ev.established_ns = e.established_ns;
-        ev.last_read_ns = e.last_read_ns;
-        ev.role = e.role;
-        ev.pid = e.pid;
-        ev.comm = e.comm;
-        ev.cgroup_id = e.cgroup_id;
-    }
     // `-> LAST_ACK` is always the owner's close()/shutdown(); `-> CLOSE` is its close()
     // aborting unless an error (a received RST, a timeout) was set first.
     let err: i32 = sk.read(off!(sk_err))?;
     if new == tcp::LAST_ACK || (new == tcp::CLOSE && err == 0) {
         (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     }
-    emit::event(ctx, &ev);
+    emit::event(ctx, ev);
     Ok(())
 }
 

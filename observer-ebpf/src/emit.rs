@@ -4,12 +4,39 @@
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
-use observer_common::event::{Kind, RawEvent, Stat};
+use observer_common::event::{Kind, NO_RST_REASON, RawEvent, Role, Stat};
 
-use crate::maps::{EVENTS, EVENTS_FILL, STATS};
+use crate::{
+    maps::{EVENT_SCRATCH, EVENTS, EVENTS_FILL, STATS},
+    socks::Hook,
+};
 
 /// `BPF_RB_AVAIL_DATA`: bytes produced and not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// `hook`'s scratch event on this CPU (`EVENT_SCRATCH`), cleared and stamped with `kind`,
+/// the socket and the time: the caller fills the rest and emits or holds it in the same run.
+#[inline(always)]
+pub(crate) fn scratch(
+    hook: Hook,
+    kind: Kind,
+    sk: u64,
+    ts_ns: u64,
+) -> Option<&'static mut RawEvent> {
+    let p = EVENT_SCRATCH.get_ptr_mut(hook as u32)?;
+    // SAFETY: this CPU's slot of `hook`, which no other program uses, valid for this run; all
+    // zeroes is a valid `RawEvent`.
+    let ev = unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    ev.ts_ns = ts_ns;
+    ev.sk = sk;
+    ev.kind = kind as u8;
+    ev.role = Role::Unknown as u8;
+    ev.rst_reason = NO_RST_REASON;
+    Some(ev)
+}
 
 /// Sends `ev` to userspace, counting it as lost when the ring buffer is full.
 #[inline(always)]

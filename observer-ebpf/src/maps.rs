@@ -84,6 +84,20 @@ pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> = HashMap::pinned(
 pub(crate) static CW_PENDING: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(observer_common::maps::CW_EPOCHS, 0);
 
+/// One event per CPU and `Hook`, built here instead of on the stack: the verifier limits a
+/// program and the functions it calls to 512 bytes of stack together, and 5.x and 6.1
+/// kernels count every frame in full. Written: `emit::scratch` (zeroed), then `sock_state`
+/// and `close_wait` fill it and emit or hold it within the same run. Never read by the agent.
+#[map]
+pub(crate) static EVENT_SCRATCH: PerCpuArray<RawEvent> =
+    PerCpuArray::with_max_entries(Hook::COUNT, 0);
+
+/// One `CLOSE_WAIT` entry per CPU and `Hook`, for the same reason: `close_wait::entry` fills
+/// it and the insert copies it, within one run of `sock_state` or `close_wait::promote`.
+#[map]
+pub(crate) static ENTRY_SCRATCH: PerCpuArray<CloseWaitEntry> =
+    PerCpuArray::with_max_entries(Hook::COUNT, 0);
+
 /// The current epoch's `CW_PENDING` slot. Written: the agent, each scan. Read:
 /// `close_wait::enter`.
 #[map]

@@ -12,14 +12,18 @@
 //! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/sock.h>
 //!
 //! # Minimum kernel version
-//! 6.3 (the tracepoint). Fallback: kprobe on `tcp_recvmsg` (entry only: the read is counted
-//! when it starts, whatever it returns). Optional: without it owners come from connect/close.
+//! 6.3 (the tracepoint). Fallbacks: fexit on `tcp_recvmsg` (5.5, BTF-typed: the same
+//! arguments, one program per parameter list, chosen from BTF), then a kprobe on `tcp_recvmsg`, which runs
+//! before the read and so names the reader but records no last-read time (it cannot tell what
+//! the read will consume). Optional: without it owners come from connect/listen/close.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, kprobe, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, TracePointContext,
+    },
 };
 use observer_common::{
     event::{SOCK_CW_TRACKED, Stat},
@@ -68,11 +72,28 @@ pub(crate) fn recv_tp(ctx: TracePointContext) -> i32 {
     }
 }
 
-/// kprobe entry on `tcp_recvmsg(struct sock *sk, ...)`, for kernels before 6.3.
+/// fexit entry on `tcp_recvmsg(sk, msg, len, flags, addr_len)` (5.19+), for kernels before
+/// 6.3: the arguments, then the return value. The agent loads this one or [`recv_fexit6`],
+/// whichever matches the parameters BTF lists (the context is read at constant indexes, as
+/// the verifier requires). Only TCP sockets reach `tcp_recvmsg`.
+/// <https://github.com/torvalds/linux/blob/v6.1/net/ipv4/tcp.c>
+#[fexit(function = "tcp_recvmsg")]
+pub(crate) fn recv_fexit5(ctx: FExitContext) -> i32 {
+    track(&ctx, Sock::<true>(ctx.arg(0)), ctx.arg(5), ctx.arg(3))
+}
+
+/// fexit entry on `tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len)` (before 5.19).
+#[fexit(function = "tcp_recvmsg")]
+pub(crate) fn recv_fexit6(ctx: FExitContext) -> i32 {
+    track(&ctx, Sock::<true>(ctx.arg(0)), ctx.arg(6), ctx.arg(4))
+}
+
+/// kprobe entry on `tcp_recvmsg(struct sock *sk, ...)`, the last fallback. It runs before the
+/// read: the reader is named, but nothing counts as consumed (no last-read time).
 #[kprobe(function = "tcp_recvmsg")]
 pub(crate) fn recv_kprobe(ctx: ProbeContext) -> i32 {
     match ctx.arg::<*const u8>(0) {
-        Some(sk) => run(&ctx, Sock::<false>(sk), 1, 0),
+        Some(sk) => run(&ctx, Sock::<false>(sk), 0, 0),
         None => 0,
     }
 }
@@ -105,8 +126,7 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
     } else {
         None
     };
-    // A read that copied data has just refreshed the socket's clock (`tcp_rcv_space_adjust`);
-    // the kprobe fallback runs before the read and is not BTF-typed, so it reads the clock.
+    // A read that copied data has just refreshed the socket's clock (`tcp_rcv_space_adjust`).
     let consumed_at = if consumed { sk.refreshed_now_ns() } else { 0 };
     if let Some(last) = last {
         // SAFETY: this CPU's slot of a per-CPU array, valid for this program run.

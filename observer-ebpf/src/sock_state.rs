@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    event::{Config, Kind, NO_RST_REASON, RawEvent, Role, SOCK_COUNTED, SockState, Stat},
+    event::{Config, Kind, RawEvent, Role, SOCK_COUNTED, SockState, Stat},
     flow::FlowKey,
     tcp,
 };
@@ -122,42 +122,11 @@ fn try_run<C: EbpfContext, const B: bool>(
         close_wait::leave(ctx, sk, st, new)?;
     }
     match new {
-        tcp::SYN_SENT => {
-            let mut st = fresh(Role::Client);
-            set_owner::<B>(&mut st, current_pid());
-            insert(ctx, Hook::State, sk, &st);
-        }
-        // An accepted socket. A state found for it was made by a read before the handshake
-        // completed (TCP Fast Open data): its reader is kept. One with a handshake time is an
-        // earlier socket's at the same address, whose `-> CLOSE` the programs missed (how is
-        // not known: no skipped runs were counted when it was seen): it is replaced, flags and
-        // flow included.
-        tcp::ESTABLISHED if old == tcp::SYN_RECV => {
-            let mut new = fresh(Role::Server);
-            if let Some(found) = st {
-                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-                let found = unsafe { &*found };
-                if found.established_ns == 0 {
-                    (new.pid, new.comm, new.cgroup_id) = (found.pid, found.comm, found.cgroup_id);
-                    new.last_read_ns = found.last_read_ns;
-                }
-            }
-            // Softirq, processing the segment that completed the handshake.
-            new.established_ns = sk.refreshed_now_ns();
-            // Tracked even if counting fails (the failure is counted by the caller).
-            let counted = flows::open(ctx, sk, &mut new, Role::Server);
-            insert(ctx, Hook::State, sk, &new);
-            counted?;
-        }
+        tcp::SYN_SENT => connecting(ctx, sk),
+        tcp::ESTABLISHED if old == tcp::SYN_RECV => accepted(ctx, sk, st)?,
         tcp::ESTABLISHED => {
             if let Some(st) = st {
-                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-                let st = unsafe { &mut *st };
-                // Softirq, processing the segment that completed the handshake.
-                st.established_ns = sk.refreshed_now_ns();
-                if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
-                    flows::open(ctx, sk, st, Role::Client)?;
-                }
+                connected(ctx, sk, st, old)?;
             }
         }
         tcp::LISTEN => flows::listen(sk)?,
@@ -190,10 +159,67 @@ fn try_run<C: EbpfContext, const B: bool>(
     Ok(())
 }
 
+/// `CLOSE -> SYN_SENT`, in `connect()`: the caller owns a new client socket. The handshake
+/// steps are functions of their own (not inlined), so their state and flow key are on their
+/// own frames, never beside another step's (the verifier allows 512 bytes for the chain).
+#[inline(never)]
+fn connecting<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) {
+    let mut st = fresh(Role::Client);
+    set_owner::<B>(&mut st, current_pid());
+    insert(ctx, Hook::State, sk, &st);
+}
+
+/// `SYN_RECV -> ESTABLISHED`: an accepted socket. A state found for it was made by a read
+/// before the handshake completed (TCP Fast Open data): its reader is kept. One with a
+/// handshake time is an earlier socket's at the same address, whose `-> CLOSE` the programs
+/// missed (how is not known: no skipped runs were counted when it was seen): it is replaced,
+/// flags and flow included.
+#[inline(never)]
+fn accepted<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    st: Option<*mut SockState>,
+) -> Result<(), i32> {
+    let mut new = fresh(Role::Server);
+    if let Some(found) = st {
+        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
+        let found = unsafe { &*found };
+        if found.established_ns == 0 {
+            (new.pid, new.comm, new.cgroup_id) = (found.pid, found.comm, found.cgroup_id);
+            new.last_read_ns = found.last_read_ns;
+        }
+    }
+    // Softirq, processing the segment that completed the handshake.
+    new.established_ns = sk.refreshed_now_ns();
+    // Tracked even if counting fails (the failure is counted by the caller).
+    let counted = flows::open(ctx, sk, &mut new, Role::Server);
+    insert(ctx, Hook::State, sk, &new);
+    counted
+}
+
+/// `-> ESTABLISHED` of a socket with a state: a client's handshake completing (or a
+/// simultaneous open), counted as opened once.
+#[inline(never)]
+fn connected<C: EbpfContext, const B: bool>(
+    ctx: &C,
+    sk: Sock<B>,
+    st: *mut SockState,
+    old: i32,
+) -> Result<(), i32> {
+    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
+    let st = unsafe { &mut *st };
+    // Softirq, processing the segment that completed the handshake.
+    st.established_ns = sk.refreshed_now_ns();
+    if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
+        flows::open(ctx, sk, st, Role::Client)?;
+    }
+    Ok(())
+}
+
 /// Checks whether this `-> CLOSE` is the owner's `close()` aborting, and reports it: at once,
-/// or held in `PENDING` for `tcp_reset` to add the RST reason the kernel traces next. Not
-/// inlined: its event is a large stack object, and so is `close_wait`'s; as separate BPF
-/// functions on exclusive branches they never share the 512-byte stack.
+/// or held in `PENDING` for `tcp_reset` to add the RST reason the kernel traces next. The
+/// event is built in `EVENT_SCRATCH`, not on the stack, and the function is not inlined, so
+/// its frame stays off the callers' (the verifier allows 512 bytes for the whole chain).
 #[inline(never)]
 fn on_abort<C: EbpfContext, const B: bool>(
     ctx: &C,
@@ -230,31 +256,13 @@ fn on_abort<C: EbpfContext, const B: bool>(
         Kind::LingerAbort
     };
 
-    let mut ev = RawEvent {
-        // SAFETY: no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sk: sk.key(),
-        cgroup_id: 0,
-        established_ns: 0,
-        bytes_received: 0,
-        bytes_sent: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        comm: [0; 16],
-        unread_bytes: unread,
-        netns: 0,
-        pid: 0,
-        rst_reason: NO_RST_REASON,
-        sport: 0,
-        dport: 0,
-        family: 0,
-        kind: kind as u8,
-        role: Role::Unknown as u8,
-        old_state: old as u8,
-        _pad: [0; 7],
-        close_wait_ns: 0,
-        last_read_ns: 0,
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(ev) = emit::scratch(Hook::State, kind, sk.key(), now) else {
+        return Ok(());
     };
+    ev.unread_bytes = unread;
+    ev.old_state = old as u8;
     // This runs in the closing task: it is the owner, whatever was recorded before.
     (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     if let Some(st) = st {
@@ -265,14 +273,16 @@ fn on_abort<C: EbpfContext, const B: bool>(
         ev.role = st.role;
     }
     (ev.bytes_received, ev.bytes_sent) = tcp.byte_counts()?;
-    sk.endpoints(tcp)?.fill_event(&mut ev);
+    sk.endpoints(tcp)?.fill_event(ev);
 
     if config_flag(Config::EMIT_AT_RESET) {
-        if PENDING.insert(sk.key(), ev, 0).is_err() {
+        // By reference: the insert copies from the scratch slot, not from a stack copy.
+        let held: &RawEvent = ev;
+        if PENDING.insert(sk.key(), held, 0).is_err() {
             emit::count(ctx, Stat::PendingFull);
         }
     } else {
-        emit::event(ctx, &ev);
+        emit::event(ctx, ev);
     }
     Ok(())
 }
