@@ -95,5 +95,9 @@ pub struct Offsets {
     pub tp_recv_ret: u32,
     /// `sock/sock_recv_length`: `flags`.
     pub tp_recv_flags: u32,
+    /// Parameters of the kernel function `tcp_recvmsg` when they are `(sk, ..., flags,
+    /// addr_len)`, 5 (5.19+) or 6 (before, with `nonblock`): the fexit program reads `flags`
+    /// at 2 below this and the return value at this index. [`ABSENT`] otherwise.
+    pub fexit_recv_args: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 39 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4);

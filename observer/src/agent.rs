@@ -85,6 +85,7 @@ fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.kernel = host::kernel_release();
     s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
+    s.degraded = probes.degraded().to_vec();
     s.close_wait_threshold_ms =
         u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
 }

@@ -59,6 +59,8 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// `--close-wait-threshold` in milliseconds.
     pub close_wait_threshold_ms: u64,
+    /// What the plan leaves missing or partial on this kernel.
+    pub degraded: Vec<crate::probes::Degraded>,
 }
 
 /// One probe in `/api/v1/status`.

@@ -109,7 +109,12 @@ enum Type {
         typedef: bool,
     },
     FuncProto {
-        params: u32,
+        /// Name (string offset) of each parameter, in order.
+        params: Vec<u32>,
+    },
+    Func {
+        name: u32,
+        proto: u32,
     },
     Sized {
         size: u32,
@@ -367,7 +372,25 @@ impl Btf {
             target = self.strip(*ty);
         }
         match self.get(target) {
-            Some(Type::FuncProto { params }) => Some(*params),
+            Some(Type::FuncProto { params }) => u32::try_from(params.len()).ok(),
+            _ => None,
+        }
+    }
+
+    /// Parameter names of the kernel function `name` (a `FUNC` record), in order; `None` when
+    /// BTF has no such function.
+    pub fn func_params(&self, name: &str) -> Option<Vec<String>> {
+        let proto = self.types.iter().find_map(|t| match t {
+            Type::Func { name: n, proto } if self.name(*n) == name.as_bytes() => Some(*proto),
+            _ => None,
+        })?;
+        match self.get(proto) {
+            Some(Type::FuncProto { params }) => Some(
+                params
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(self.name(*p)).into_owned())
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -448,11 +471,17 @@ fn parse_types(b: &[u8]) -> Result<Vec<Type>, Error> {
                 typedef: kind == 8,
             },
             13 => {
-                at += 8 * vlen;
-                Type::FuncProto {
-                    params: vlen as u32,
+                let mut params = Vec::with_capacity(vlen);
+                for _ in 0..vlen {
+                    params.push(u32_at(b, at)?);
+                    at += 8;
                 }
+                Type::FuncProto { params }
             }
+            12 => Type::Func {
+                name,
+                proto: size_or_type,
+            },
             14 | 17 => {
                 at += 4;
                 Type::Other
@@ -462,7 +491,7 @@ fn parse_types(b: &[u8]) -> Result<Vec<Type>, Error> {
                 Type::Other
             }
             16 => Type::Sized { size: size_or_type },
-            7 | 12 => Type::Other,
+            7 => Type::Other,
             _ => return Err(Error::Malformed("unknown BTF kind")),
         };
         types.push(t);

@@ -56,6 +56,13 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
             refused
         );
     }
+    let _ = writeln!(out, "\ndegraded:");
+    if probes.degraded().is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for d in probes.degraded() {
+        let _ = writeln!(out, "  {:<21} {}", d.feature, d.effect);
+    }
     let _ = writeln!(out, "\nbtf offsets:");
     for (name, off) in layout.describe() {
         let shown = if off == observer_common::layout::ABSENT {

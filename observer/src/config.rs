@@ -153,7 +153,7 @@ pub struct ProbeArgs {
         env = "OBSERVER_HOOK_TYPES",
         value_name = "TYPES",
         value_delimiter = ',',
-        default_value = "tp_btf,raw_tracepoint,tracepoint,kprobe"
+        default_value = "tp_btf,raw_tracepoint,tracepoint,fexit,kprobe"
     )]
     pub hook_types: Vec<HookType>,
 
@@ -512,6 +512,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let e = refusal(&["agent", "--hook-types", "tp_btf,fentry"]);
+        assert!(e.contains("tracepoint, fexit or kprobe"), "{e}");
         assert!(e.contains("unknown hook type \"fentry\""), "{e}");
         let e = refusal(&["agent", "--skip-probes", "reads,state"]);
         assert!(

@@ -95,6 +95,7 @@ impl Layout {
             btf_reset_has_reason: u32::from(
                 btf.typedef_params("btf_trace_tcp_send_reset") == Some(4),
             ),
+            fexit_recv_args: recvmsg_args(btf),
             ..Offsets::default()
         };
         let has_tracefs = tracefs.is_some();
@@ -156,7 +157,25 @@ impl Layout {
             ("sock_flags::SOCK_DEAD (bit)", o.flag_dead),
             ("sock_flags::SOCK_DONE (bit)", o.flag_done),
             ("sock_flags::SOCK_LINGER (bit)", o.flag_linger),
+            ("tcp_recvmsg parameters", o.fexit_recv_args),
         ]
+    }
+}
+
+/// The parameter count of `tcp_recvmsg` if its parameters are the two shapes the fexit read
+/// program knows (`sk, msg, len, flags, addr_len` since 5.19; `nonblock` before `flags`
+/// earlier), else [`ABSENT`], which makes that fallback unavailable.
+fn recvmsg_args(btf: &Btf) -> u32 {
+    let Some(params) = btf.func_params("tcp_recvmsg") else {
+        return ABSENT;
+    };
+    let shape: Vec<&str> = params.iter().map(String::as_str).collect();
+    match shape.as_slice() {
+        ["sk", "msg", "len", "flags", "addr_len"]
+        | ["sk", "msg", "len", "nonblock", "flags", "addr_len"] => {
+            u32::try_from(params.len()).unwrap_or(ABSENT)
+        }
+        _ => ABSENT,
     }
 }
 

@@ -28,8 +28,10 @@ use tracing::{info, warn};
 use crate::{config::ReadHook, layout::Layout};
 
 mod attach;
+mod degraded;
 mod promote;
 
+pub use degraded::Degraded;
 pub use promote::Promoter;
 
 /// The eBPF object built by `build.rs`.
@@ -44,16 +46,19 @@ pub enum HookType {
     RawTracepoint,
     /// Classic tracepoint with a tracefs record layout.
     Tracepoint,
+    /// fexit on a kernel function (BTF-typed arguments and return value), 5.5+.
+    Fexit,
     /// kprobe on a kernel function.
     Kprobe,
 }
 
 impl HookType {
     /// Every type, in default order of preference.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::TpBtf,
         Self::RawTracepoint,
         Self::Tracepoint,
+        Self::Fexit,
         Self::Kprobe,
     ];
 
@@ -63,6 +68,7 @@ impl HookType {
             Self::TpBtf => "tp_btf",
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoint => "tracepoint",
+            Self::Fexit => "fexit",
             Self::Kprobe => "kprobe",
         }
     }
@@ -82,7 +88,10 @@ impl FromStr for HookType {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown hook type {s:?} (expected tp_btf, raw_tracepoint, tracepoint or kprobe)")
+                format!(
+                    "unknown hook type {s:?} (expected tp_btf, raw_tracepoint, tracepoint, fexit \
+                     or kprobe)"
+                )
             })
     }
 }
@@ -163,6 +172,8 @@ pub struct Probes {
     hold_for_reset: bool,
     /// The read hook, with `--read-hook on-demand`.
     reads: Option<OnDemand>,
+    /// What this plan leaves missing or partial.
+    degraded: Vec<Degraded>,
 }
 
 /// The read hook attached only while it is needed (`--read-hook on-demand`).
@@ -260,6 +271,7 @@ impl Probes {
         let counters = take(&mut ebpf, maps::STATS)?;
         let fill = take(&mut ebpf, maps::EVENTS_FILL)?;
         let overflow = take(&mut ebpf, maps::SOCKS_HELD)?;
+        let degraded = degraded::of(&plan, layout, promoter.is_some());
         Ok(Self {
             ebpf,
             plan,
@@ -270,7 +282,13 @@ impl Probes {
             promoter,
             hold_for_reset,
             reads,
+            degraded,
         })
+    }
+
+    /// What the plan leaves missing or partial on this kernel, and why.
+    pub fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     /// Whether the read hook is attached, when `--read-hook on-demand` decides (`None`
@@ -345,6 +363,9 @@ impl Probes {
                     warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable");
                 }
             }
+        }
+        for d in &self.degraded {
+            info!(feature = d.feature, effect = %d.effect, "degraded on this kernel");
         }
     }
 

@@ -4,7 +4,9 @@
 //!   quick when done).
 //! * `cargo xtask run [-- ARGS]` — setup, build, then `observer agent` with the defaults (or ARGS).
 //! * `cargo xtask test` — setup, the Debian packages the tests drive, `cargo fmt --check`, clippy
-//!   on host and eBPF target with `-D warnings`, then every test, kernel tests included.
+//!   on host and eBPF target with `-D warnings`, then every test, kernel tests included, then
+//!   the kernel tests again on Debian 12's 6.1 kernel in a QEMU guest. `--kernel host` runs the
+//!   host part only, `--kernel 6.1` the guest part only.
 //! * `cargo xtask clippy` — clippy on the host crates, then on the eBPF crate.
 //! * `cargo xtask bench` — the measured benchmarks; tables on stdout, JSON in `target/bench/`.
 
@@ -16,6 +18,7 @@ mod clippy;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "observer's developer tasks")]
@@ -34,8 +37,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and clippy (host and eBPF), run every test.
-    Test,
+    /// Set up, check formatting and clippy (host and eBPF), run every test on the host, then
+    /// the kernel tests in a QEMU guest running Debian 12's 6.1 kernel.
+    Test {
+        /// Only one kernel: `host` (the host suite) or `6.1` (the guest).
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
+    },
     /// Run clippy with -D warnings on the host crates and on the eBPF crate.
     Clippy,
     /// Run the measured benchmarks (release mode) and print their tables.
@@ -46,7 +54,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Run { args } => run::run(&args),
-        Command::Test => test::run(),
+        Command::Test { kernel } => test::run(kernel.as_deref()),
         Command::Clippy => clippy::run(),
         Command::Bench => bench::run(),
     }

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest: setup, the
 //! Debian packages the tests drive, formatting, clippy, then every test (the kernel tests need
-//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing).
+//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing), then
+//! the kernel tests in a guest running Debian 12's 6.1 kernel (`vm`).
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{clippy, setup, setup::NIGHTLY, status};
+use crate::{clippy, setup, setup::NIGHTLY, status, vm};
 
 /// Debian packages the tests use as real clients and servers, with a command proving each is
 /// installed.
@@ -28,9 +29,25 @@ const PACKAGES: &[(&str, &[&str])] = &[
 const CHECKOV: &str = "checkov==3.3.30";
 const CHECKOV_VENV: &str = "target/tools/checkov";
 
-pub(crate) fn run() -> Result<()> {
+/// The guest kernel `cargo xtask test` runs the kernel tests on after the host's.
+const GUEST_KERNEL: &str = "6.1";
+
+/// Everything (`kernel` `None`), the host part only (`host`) or one guest kernel only.
+pub(crate) fn run(kernel: Option<&str>) -> Result<()> {
     setup::run()?;
     install_packages()?;
+    match kernel {
+        Some("host") => host(),
+        Some(guest) => vm::test(guest),
+        None => {
+            host()?;
+            vm::test(GUEST_KERNEL)
+        }
+    }
+}
+
+/// Formatting, clippy and every test, on the host's kernel.
+fn host() -> Result<()> {
     checkov()?;
     status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     clippy::run()?;

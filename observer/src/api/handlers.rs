@@ -206,6 +206,7 @@ pub(super) async fn status(Extract(s): Extract<State>) -> Response {
         "ready": s.ready.load(Ordering::Acquire),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "probes": status.probes,
+        "degraded": status.degraded,
         "events_total": s.totals.events(),
         "drops": status.drops,
         "close_wait": { "tracked": tracked, "threshold_ms": status.close_wait_threshold_ms },

@@ -98,12 +98,24 @@ impl Builder {
     }
 
     pub(crate) fn func_proto(&mut self, params: &[u32]) -> u32 {
+        let named: Vec<(&str, u32)> = params.iter().map(|&p| ("", p)).collect();
+        self.func_proto_named(&named)
+    }
+
+    /// A `FUNC_PROTO` whose parameters have names, as a kernel function's do.
+    pub(crate) fn func_proto_named(&mut self, params: &[(&str, u32)]) -> u32 {
         let id = self.record("", 13, params.len() as u32, false, 0);
-        for &p in params {
-            self.types.extend_from_slice(&0u32.to_le_bytes());
-            self.types.extend_from_slice(&p.to_le_bytes());
+        for &(name, ty) in params {
+            let name = self.str(name);
+            self.types.extend_from_slice(&name.to_le_bytes());
+            self.types.extend_from_slice(&ty.to_le_bytes());
         }
         id
+    }
+
+    /// A `FUNC` record: a kernel function of prototype `proto`.
+    pub(crate) fn func(&mut self, name: &str, proto: u32) -> u32 {
+        self.record(name, 12, 0, false, proto)
     }
 
     pub(crate) fn build(&self) -> Vec<u8> {
@@ -163,6 +175,14 @@ fn sample() -> Btf {
     let proto = b.func_proto(&[void_ptr, void_ptr, void_ptr, u32t]);
     let fp = b.ptr(proto);
     b.typedef("btf_trace_tcp_send_reset", fp);
+    let recv = b.func_proto_named(&[
+        ("sk", void_ptr),
+        ("msg", void_ptr),
+        ("len", u32t),
+        ("flags", u32t),
+        ("addr_len", void_ptr),
+    ]);
+    b.func("tcp_recvmsg", recv);
     Btf::parse(&b.build()).expect("synthetic BTF parses")
 }
 
@@ -228,6 +248,11 @@ fn synthetic_enums_and_tracepoint_arity() {
     assert!(btf.enum_value("sock_flags", "SOCK_NOPE").is_err());
     assert_eq!(btf.typedef_params("btf_trace_tcp_send_reset"), Some(4));
     assert_eq!(btf.typedef_params("btf_trace_nothing"), None);
+    assert_eq!(
+        btf.func_params("tcp_recvmsg").unwrap(),
+        ["sk", "msg", "len", "flags", "addr_len"]
+    );
+    assert_eq!(btf.func_params("tcp_nothing"), None);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, KProbe, ProgramError, RawTracePoint, TracePoint, kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        BtfTracePoint, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, fexit::FExitLinkId,
+        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
     },
 };
@@ -19,6 +19,9 @@ pub(super) struct Candidate {
     program: &'static str,
     /// Tracepoint name, `category/name` for classic tracepoints, or a kernel function.
     target: &'static str,
+    /// For an fexit program: the parameter count of `target` it reads (`fexit_recv_args`);
+    /// 0 for the others.
+    params: u32,
 }
 
 /// A purpose and its candidates, in order of preference.
@@ -33,10 +36,21 @@ const fn c(ty: HookType, program: &'static str, target: &'static str) -> Candida
         ty,
         program,
         target,
+        params: 0,
     }
 }
 
-use HookType::{Kprobe, RawTracepoint, TpBtf, Tracepoint};
+/// An fexit candidate for a `target` of `params` parameters.
+const fn fexit(program: &'static str, target: &'static str, params: u32) -> Candidate {
+    Candidate {
+        ty: Fexit,
+        program,
+        target,
+        params,
+    }
+}
+
+use HookType::{Fexit, Kprobe, RawTracepoint, TpBtf, Tracepoint};
 
 /// State changes: owners, roles, abort detection. The agent cannot run without it.
 pub(super) const REQUIRED: Purpose = Purpose {
@@ -70,6 +84,8 @@ pub(super) const OPTIONAL: &[Purpose] = &[
             c(TpBtf, "recv_btf", "sock_recv_length"),
             c(RawTracepoint, "recv_raw", "sock_recv_length"),
             c(Tracepoint, "recv_tp", "sock/sock_recv_length"),
+            fexit("recv_fexit5", "tcp_recvmsg", 5),
+            fexit("recv_fexit6", "tcp_recvmsg", 6),
             c(Kprobe, "recv_kprobe", "tcp_recvmsg"),
         ],
     },
@@ -93,6 +109,7 @@ pub(super) enum Link {
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
     Tracepoint(TracePointLinkId),
+    Fexit(FExitLinkId),
     Kprobe(KProbeLinkId),
 }
 
@@ -111,6 +128,7 @@ pub(super) fn attach_loaded(
             let (category, name) = target.split_once('/').unwrap_or(("", target));
             Link::Tracepoint(<&mut TracePoint>::try_from(p)?.attach(category, name)?)
         }
+        Fexit => Link::Fexit(<&mut FExit>::try_from(p)?.attach()?),
         Kprobe => Link::Kprobe(<&mut KProbe>::try_from(p)?.attach(target, 0)?),
     })
 }
@@ -124,6 +142,7 @@ pub(super) fn detach(ebpf: &mut Ebpf, program: &str, link: Link) -> Result<(), P
         Link::Btf(id) => <&mut BtfTracePoint>::try_from(p)?.detach(id),
         Link::Raw(id) => <&mut RawTracePoint>::try_from(p)?.detach(id),
         Link::Tracepoint(id) => <&mut TracePoint>::try_from(p)?.detach(id),
+        Link::Fexit(id) => <&mut FExit>::try_from(p)?.detach(id),
         Link::Kprobe(id) => <&mut KProbe>::try_from(p)?.detach(id),
     }
 }
@@ -144,7 +163,17 @@ pub(super) fn attach(
         refused: Vec::new(),
     };
     for ty in allowed {
-        let Some(cand) = purpose.candidates.iter().find(|c| c.ty == *ty) else {
+        let Some(first) = purpose.candidates.iter().find(|c| c.ty == *ty) else {
+            continue;
+        };
+        // An fexit program reads its target's arguments at fixed indexes: only the one
+        // written for the parameters BTF lists can load.
+        let fits = |c: &&Candidate| c.ty != Fexit || c.params == layout.offsets.fexit_recv_args;
+        let Some(cand) = purpose.candidates.iter().filter(|c| c.ty == *ty).find(fits) else {
+            entry.refused.push((
+                format!("{ty} {}", first.target),
+                "its parameters in BTF are not those any program here reads".to_owned(),
+            ));
             continue;
         };
         match try_one(ebpf, cand, btf, layout) {
@@ -191,6 +220,7 @@ fn try_one(ebpf: &mut Ebpf, cand: &Candidate, btf: &Btf, layout: &Layout) -> Res
             }
             <&mut TracePoint>::try_from(program).and_then(TracePoint::load)
         }
+        Fexit => <&mut FExit>::try_from(program).and_then(|p| p.load(cand.target, btf)),
         Kprobe => <&mut KProbe>::try_from(program).and_then(KProbe::load),
     };
     let res = loaded.and_then(|()| attach_loaded(ebpf, (cand.ty, cand.target, cand.program)));

@@ -16,13 +16,13 @@ use std::{
 use serde_json::Value;
 
 use super::support::{
-    Agent, PinDir, in_netns, of_kind, own_comm, require_bpf, sample, scrape, wait_metrics,
-    wait_queued,
+    Agent, PinDir, in_netns, of_kind, own_comm, patience, patience_secs, require_bpf, sample,
+    scrape, wait_metrics, wait_queued,
 };
 
 /// Events of `kind` once `n` of them arrived (or the wait ran out).
 fn wait_kind(agent: &Agent, ns: u64, kind: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + patience_secs(15);
     loop {
         let evs = agent.events(ns, 0, Duration::ZERO, Duration::ZERO);
         let got: Vec<Value> = of_kind(&evs, kind).into_iter().cloned().collect();
@@ -50,7 +50,7 @@ fn pooled_client_is_reported_once_then_resolved() {
         // The server closes an idle pooled connection; the client pool never notices.
         drop(s);
         let entered = Instant::now();
-        std::thread::sleep(Duration::from_millis(2800));
+        std::thread::sleep(patience(Duration::from_millis(2800)));
         let cport = c.local_addr().unwrap().port();
         drop(c);
         (ns, cport, entered.elapsed().as_millis() as u64)
@@ -105,7 +105,7 @@ fn stuck_server_holds_unread_bytes_and_last_read_predates_the_fin() {
         c.write_all(&[2u8; 4000]).unwrap();
         wait_queued(&s, 4000);
         drop(c);
-        std::thread::sleep(Duration::from_millis(2500));
+        std::thread::sleep(patience(Duration::from_millis(2500)));
         let sport = s.local_addr().unwrap().port();
         drop(s);
         (ns, sport)
@@ -164,7 +164,7 @@ fn last_read_is_the_last_read_through_bursts_of_reads() {
         std::thread::sleep(Duration::from_millis(400));
         let gap = last.elapsed().as_millis() as u64;
         drop(c);
-        std::thread::sleep(Duration::from_millis(2500));
+        std::thread::sleep(patience(Duration::from_millis(2500)));
         drop(s);
         (ns, gap)
     });
@@ -416,14 +416,27 @@ fn a_small_slot_table_spills_into_the_overflow_and_loses_nothing() {
         ("peer", "127.0.0.16"),
         ("role", "server"),
     ];
-    // Each close is counted in the entry its socket's state names.
+    // Each close is counted in the entry its socket's state names, except a state change the
+    // kernel did not run the program for: it was already running on that CPU (a softirq
+    // interrupting it in task context, which 6.1 skips), and says so in
+    // `recursion_misses`, which this agent also counts for the tests running beside it.
+    let closed = |t: &str, who: &[(&str, &str)]| {
+        sample(t, "observer_connections_closed_total", who).unwrap_or(0.0)
+    };
     let text = wait_metrics(
         &agent.url,
         Duration::from_secs(15),
         "every connection counted closed on both ends",
         |t| {
-            sample(t, "observer_connections_closed_total", &client) == Some(N as f64)
-                && sample(t, "observer_connections_closed_total", &server) == Some(N as f64)
+            let missed = sample(
+                t,
+                "observer_program_recursion_misses_total",
+                &[("program", "state_btf")],
+            )
+            .unwrap_or(0.0);
+            [&client, &server]
+                .iter()
+                .all(|who| closed(t, *who) <= N as f64 && closed(t, *who) + missed >= N as f64)
         },
     );
     assert_eq!(
@@ -461,15 +474,18 @@ fn redis_idle_timeout_leaves_a_python_pool_in_close_wait() {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience_secs(10);
         while TcpStream::connect(("127.0.0.1", 16379)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         // A pool that pings once, then sits idle past redis's timeout and never notices.
-        let script = "import redis, time\nr = redis.Redis(host='127.0.0.1', port=16379)\nr.ping()\ntime.sleep(5)\n";
+        let script = format!(
+            "import redis, time\nr = redis.Redis(host='127.0.0.1', port=16379)\nr.ping()\ntime.sleep({})\n",
+            patience_secs(5).as_secs()
+        );
         let mut py = Command::new("/usr/bin/python3")
-            .args(["-c", script])
+            .args(["-c", &script])
             .spawn()
             .expect("python3 redis");
         let pid = py.id();
@@ -528,7 +544,7 @@ fn the_read_hook_is_attached_while_a_socket_waits() {
             // Only the second socket is read once the hook runs.
             let mut rest = [0u8; 50];
             (&servers[1]).read_exact(&mut rest).unwrap();
-            std::thread::sleep(Duration::from_secs(6));
+            std::thread::sleep(patience_secs(6));
             // Told apart by the peer's port: the local one is the listener's.
             let ports: Vec<u16> = servers
                 .iter()

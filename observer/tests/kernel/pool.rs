@@ -17,7 +17,9 @@ use std::{
 
 use serde_json::Value;
 
-use super::support::{Agent, in_netns, own_comm, require_bpf, sample, scrape, wait_metrics};
+use super::support::{
+    Agent, in_netns, own_comm, patience, patience_secs, require_bpf, sample, scrape, wait_metrics,
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -30,7 +32,7 @@ fn events_of(
     timeout: Duration,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patience(timeout);
     loop {
         let body: Value = ureq::get(&format!("{url}/api/v1/events?kind={kind}&limit=1000"))
             .call()
@@ -467,7 +469,7 @@ impl Nginx {
             .spawn()
             .expect("nginx (Debian package)");
         for p in ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + patience_secs(10);
             while TcpStream::connect((Ipv4Addr::LOCALHOST, *p)).is_err() {
                 assert!(Instant::now() < deadline, "nginx did not start");
                 thread::sleep(Duration::from_millis(20));

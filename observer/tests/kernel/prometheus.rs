@@ -12,7 +12,9 @@ use std::{
 
 use serde_json::Value;
 
-use super::support::{Agent, OBSERVER, in_netns, own_comm, require_bpf, wait_queued};
+use super::support::{
+    Agent, OBSERVER, in_netns, own_comm, patience_secs, require_bpf, wait_queued,
+};
 
 const ABORTS: usize = 7;
 
@@ -80,7 +82,7 @@ impl Prometheus {
     /// The single value of an instant `query`, once it is `want` (or the last seen).
     fn wait_for(&self, query: &str, want: f64) -> Option<f64> {
         let url = format!("{}/api/v1/query?query={}", self.url, urlencode(query));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience_secs(30);
         let mut last = None;
         while Instant::now() < deadline {
             let (code, body) = http_get(&url);

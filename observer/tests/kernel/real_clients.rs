@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::support::{Agent, events, in_netns, require_bpf, tcp_ext};
+use super::support::{Agent, events, in_netns, patience_secs, require_bpf, tcp_ext};
 
 const PYTHON: &str = "/usr/bin/python3";
 const BODY: usize = 8 << 20;
@@ -45,7 +45,7 @@ impl HttpServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m http.server");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "http.server did not start");
             std::thread::sleep(Duration::from_millis(20));

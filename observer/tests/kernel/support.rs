@@ -17,6 +17,45 @@ use serde_json::Value;
 /// The agent binary built by cargo for these tests.
 pub(crate) const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
 
+/// `d` times `OBSERVER_TEST_TIME_SCALE` (1 when unset): how long a test waits for something
+/// the agent or a client does. A QEMU guest without KVM runs CPU-heavy steps many times slower
+/// than the host (`cargo xtask test --kernel 6.1` sets the scale); what a test asserts is
+/// unchanged, only its patience.
+pub(crate) fn patience(d: Duration) -> Duration {
+    let scale = std::env::var("OBSERVER_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * scale
+}
+
+/// [`patience`] of `secs` seconds.
+pub(crate) fn patience_secs(secs: u64) -> Duration {
+    patience(Duration::from_secs(secs))
+}
+
+/// The running kernel's (major, minor) version.
+pub(crate) fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// What an active reset's `rst_reason` is on this kernel: `name` where `tcp_send_reset`
+/// carries the reason of an active reset (6.12+: 6.10 and 6.11 trace "not specified"), null
+/// before.
+pub(crate) fn active_rst_reason(name: &str) -> Value {
+    if kernel_version() >= (6, 12) {
+        Value::from(name)
+    } else {
+        Value::Null
+    }
+}
+
 /// Whether the kernel tests can run. Prints why not; panics instead under `OBSERVER_REQUIRE_BPF=1`.
 pub(crate) fn require_bpf() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -105,7 +144,7 @@ pub(crate) fn queued(s: &impl std::os::fd::AsRawFd) -> usize {
 
 /// Waits until `s` has at least `n` bytes queued.
 pub(crate) fn wait_queued(s: &impl std::os::fd::AsRawFd, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + patience(Duration::from_secs(5));
     while queued(s) < n {
         assert!(
             Instant::now() < deadline,
@@ -164,7 +203,7 @@ pub(crate) fn wait_metrics(
     what: &str,
     f: impl Fn(&str) -> bool,
 ) -> String {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patience(timeout);
     loop {
         let text = scrape(url);
         if f(&text) {
@@ -295,7 +334,7 @@ impl Agent {
         {
             let (m, cv) = &*agent.shared;
             let g = cv
-                .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(30), |g| {
+                .wait_timeout_while(m.lock().unwrap(), patience(Duration::from_secs(30)), |g| {
                     !g.ready && !g.exited
                 })
                 .unwrap()
@@ -324,7 +363,7 @@ impl Agent {
     ) -> Vec<Value> {
         let (m, cv) = &*self.shared;
         let g = cv
-            .wait_timeout_while(m.lock().unwrap(), timeout, |g| {
+            .wait_timeout_while(m.lock().unwrap(), patience(timeout), |g| {
                 g.by_netns.get(&netns).map_or(0, Vec::len) < n
             })
             .unwrap()
@@ -337,6 +376,16 @@ impl Agent {
             .get(&netns)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The agent's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its pin directory, when [`Agent::start`] made one for it.
+    pub(crate) fn pin_dir(&self) -> Option<&str> {
+        self.pins.as_ref().map(PinDir::path)
     }
 
     /// Stops the agent's process (SIGSTOP): the programs keep running in the kernel, nothing
@@ -359,7 +408,9 @@ impl Agent {
         let status = self.terminate();
         let (m, cv) = &*self.shared;
         let g = cv
-            .wait_timeout_while(m.lock().unwrap(), Duration::from_secs(10), |g| !g.exited)
+            .wait_timeout_while(m.lock().unwrap(), patience(Duration::from_secs(10)), |g| {
+                !g.exited
+            })
             .unwrap()
             .0;
         (status, g.stderr.join("\n"))
