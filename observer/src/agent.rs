@@ -95,6 +95,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     // Everything that can be refused before anything is started: privileges, BTF, layout.
     let layout = prepare(&args.probes)?;
+    // Before anything is pinned or written: a second agent stops here, naming the first.
+    host::pin_dir(&args.probes.pin_dir)?;
+    let _held = crate::lock::acquire(&args.data_dir, &args.probes.pin_dir)?;
     let store = store::open(&args.data_dir)?;
     let reader_db =
         store::Reader::open(store.file()).context("opening the event store for reading")?;

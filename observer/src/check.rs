@@ -1,6 +1,6 @@
 //! `observer check`: loads and attaches every probe exactly as the agent would, prints the plan
-//! (purpose -> hook and type, and what was refused), the kernel release and the resolved BTF
-//! offsets, then detaches. Exit 0 when the required hooks attach, 1 otherwise: a preflight for
+//! (purpose -> hook and type, and what was refused), what it degrades on this kernel, the
+//! kernel release and the resolved BTF offsets, then detaches. Exit 0 when the required hooks attach, 1 otherwise: a preflight for
 //! a new kernel, or a DaemonSet init container.
 
 use std::{fmt::Write as _, process::ExitCode};
@@ -10,6 +10,13 @@ use crate::{agent, config::ProbeArgs, host, probes::Probes};
 /// Runs the check and returns the report and the exit code.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
     let layout = agent::prepare(args)?;
+    // Its own pins, never an agent's: an agent running beside it keeps its CLOSE_WAIT table
+    // and its promotion iterator.
+    let private = PrivatePins::beside(&args.pin_dir);
+    let args = &ProbeArgs {
+        pin_dir: private.0.clone(),
+        ..args.clone()
+    };
     let mut out = String::new();
     let _ = writeln!(out, "kernel: {}", host::kernel_release());
     let _ = writeln!(out, "btf: {}", args.btf.display());
@@ -79,5 +86,24 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
     };
     let _ = writeln!(out, "  {:<32} {reasons}", "rst reasons");
     let _ = writeln!(out, "\nOK: required hooks attached");
+    drop(probes);
     Ok((out, ExitCode::SUCCESS))
+}
+
+/// A pin directory of this check's own beside the agent's (`<pin-dir>-check-<pid>`), removed
+/// with what it holds when dropped (after the probes, whose pins it holds).
+struct PrivatePins(std::path::PathBuf);
+
+impl PrivatePins {
+    fn beside(pin_dir: &std::path::Path) -> Self {
+        let mut name = pin_dir.as_os_str().to_owned();
+        name.push(format!("-check-{}", std::process::id()));
+        Self(name.into())
+    }
+}
+
+impl Drop for PrivatePins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -26,7 +26,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use observer_common::event::{CW_REPORTED, CloseWaitEntry};
 use prometheus_client::{
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
 use serde::Serialize;
@@ -173,6 +173,7 @@ pub struct Metrics {
     sockets: Family<WorkloadPeer, Gauge>,
     oldest: Family<WorkloadPeer, Gauge<f64, AtomicU64>>,
     map_entries: Gauge,
+    promotion_failures: Counter,
 }
 
 impl Metrics {
@@ -185,7 +186,14 @@ impl Metrics {
                 observer_common::maps::CLOSE_WAIT,
                 observer_common::maps::CLOSE_WAIT_MAX_ENTRIES,
             ),
+            promotion_failures: Counter::default(),
         };
+        registry.register(
+            "close_wait_promotion_failures",
+            "Namespaces where reading the CLOSE_WAIT promotion iterator failed at a scan: their \
+             sockets get no leak entry until a later scan succeeds",
+            m.promotion_failures.clone(),
+        );
         registry.register(
             "close_wait_sockets",
             "Sockets in CLOSE_WAIT (the peer closed, the owner has not), by workload and peer",
@@ -285,7 +293,10 @@ impl Tracker {
     /// where the programs insert entries on entry.
     fn promote(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) {
         if let Some(p) = &mut self.promoter {
-            p.run(namespaces, all);
+            let failed = p.run(namespaces, all);
+            if failed > 0 {
+                self.metrics.promotion_failures.inc_by(failed);
+            }
         }
     }
 

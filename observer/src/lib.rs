@@ -7,6 +7,7 @@
 //! * [`btf`] — a small BTF reader: struct field offsets, enum values, tracepoint arity.
 //! * [`layout`] — everything kernel-specific the programs need, resolved at start-up.
 //! * [`host`] — privileges, kernel release, tracefs.
+//! * [`lock`] — one agent per node: exclusive locks on the data dir and the pin directory.
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
 //! * [`map_read`] — whole eBPF hash maps in batches, and lookup-and-delete.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
@@ -37,6 +38,7 @@ pub mod enrich;
 pub mod events;
 pub mod host;
 pub mod layout;
+pub mod lock;
 pub mod map_read;
 pub mod metrics;
 pub mod output;

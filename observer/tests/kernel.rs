@@ -16,6 +16,7 @@ mod kernel {
     mod close_wait;
     mod fallbacks;
     mod kubernetes;
+    mod one_agent;
     mod pool;
     mod prometheus;
     mod real_clients;

@@ -33,6 +33,8 @@ pub struct Promoter {
     pending: PerCpuArray<MapData, u64>,
     epoch_slot: Array<MapData, u32>,
     epoch: u32,
+    /// Namespaces whose iterator read failed, since start.
+    failures: u64,
 }
 
 impl Promoter {
@@ -72,6 +74,7 @@ impl Promoter {
                 pending,
                 epoch_slot,
                 epoch: 0,
+                failures: 0,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -82,8 +85,10 @@ impl Promoter {
 
     /// Starts a new epoch, then runs the iterator in each namespace `namespaces` lists if a
     /// socket entered CLOSE_WAIT two epochs ago or earlier and waits still, or if `all` (at
-    /// start-up and at stop). Returns whether it ran.
-    pub fn run(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) -> bool {
+    /// start-up and at stop). Returns the namespaces where reading the iterator failed (a
+    /// namespace that vanished before it was entered is not one); the 1st, 2nd, 4th, 8th...
+    /// failure since start is logged as a warning, so a lasting one does not flood the log.
+    pub fn run(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) -> u64 {
         self.epoch = self.epoch.wrapping_add(1);
         let slot = self.epoch % CW_EPOCHS;
         if let Err(e) = self.epoch_slot.set(0, slot, 0) {
@@ -92,13 +97,26 @@ impl Promoter {
         // The slot the next epoch reuses: its sockets entered before the previous scan.
         let oldest = (slot + 1) % CW_EPOCHS;
         if !all && self.waiting(oldest) == 0 {
-            return false;
+            return 0;
         }
-        crate::sock_diag::in_each(&namespaces(), |_| {
-            // The program writes nothing: reading to the end walks every socket once.
-            io::copy(&mut std::fs::File::open(&self.path)?, &mut io::sink())
+        let read = crate::sock_diag::in_each(&namespaces(), |_| {
+            // The program writes nothing: reading to the end walks every socket once. Inside
+            // the namespace, a failure is the iterator's: passed on, not dropped.
+            Ok(std::fs::File::open(&self.path)
+                .and_then(|mut link| io::copy(&mut link, &mut io::sink())))
         });
-        true
+        let mut failed = 0;
+        for (netns, res) in read {
+            if let Err(e) = res {
+                failed += 1;
+                self.failures += 1;
+                if !self.failures.is_power_of_two() {
+                    continue;
+                }
+                tracing::warn!(failures = self.failures, netns, link = %self.path.display(), error = %e, "CLOSE_WAIT promotion failed: the namespace's sockets get no leak entry this scan");
+            }
+        }
+        failed
     }
 
     /// Sockets of epoch slot `slot` still waiting for promotion (the per-CPU counts' sum; a
