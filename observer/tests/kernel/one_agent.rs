@@ -11,6 +11,9 @@ use std::{
 
 use super::support::{Agent, OBSERVER, in_netns, of_kind, patience_secs, require_bpf};
 
+/// CLOSE_WAIT leaks made after the second agent and the check.
+const LEAKS: usize = 5;
+
 #[test]
 fn a_second_agent_and_check_beside_an_agent_leave_it_working() {
     if !require_bpf() {
@@ -55,7 +58,6 @@ fn a_second_agent_and_check_beside_an_agent_leave_it_working() {
     );
 
     // Leaks made after both: every one reported by the agent.
-    const LEAKS: usize = 5;
     let (ns, held) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let held: Vec<TcpStream> = (0..LEAKS)
