@@ -90,15 +90,20 @@ fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
         u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
 }
 
+/// Locks the node for this agent, before anything is pinned or written (a second agent stops
+/// here, naming the first), then opens the history.
+fn claim_node(args: &AgentArgs) -> anyhow::Result<(crate::lock::Held, store::Store)> {
+    host::pin_dir(&args.probes.pin_dir)?;
+    let held = crate::lock::acquire(&args.data_dir, &args.probes.pin_dir)?;
+    Ok((held, store::open(&args.data_dir)?))
+}
+
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     // Everything that can be refused before anything is started: privileges, BTF, layout.
     let layout = prepare(&args.probes)?;
-    // Before anything is pinned or written: a second agent stops here, naming the first.
-    host::pin_dir(&args.probes.pin_dir)?;
-    let _held = crate::lock::acquire(&args.data_dir, &args.probes.pin_dir)?;
-    let store = store::open(&args.data_dir)?;
+    let (_held, store) = claim_node(&args)?;
     let reader_db =
         store::Reader::open(store.file()).context("opening the event store for reading")?;
 
@@ -110,6 +115,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         close_wait: close_wait_metrics,
         pool: pool_metrics,
     } = register_metrics(&mut registry, args.peer_label_limit);
+    (self_metrics.store_moved_aside).inc_by(u64::from(store.moved_aside().is_some()));
     let state = api::State::new(registry, reader_db);
     let totals = state.totals.clone();
     let (stop_tx, stop_rx) = watch::channel(false);

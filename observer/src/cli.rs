@@ -98,7 +98,8 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     filters.retain(|(k, _)| *k != "since" && *k != "limit");
     let mut header = events.is_empty();
     loop {
-        std::thread::sleep(FOLLOW_EVERY);
+        // Forward from the last id seen, a page at a time, oldest first: a burst larger than
+        // a page between two polls is read in several pages, none skipped.
         let mut f = filters.clone();
         f.push(("after_id", Some(last_id.to_string())));
         f.push(("limit", Some(crate::store::MAX_LIMIT.to_string())));
@@ -108,8 +109,11 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
             last_id = last_id.max(max);
         }
         if !new.is_empty() {
-            print_follow(args.client.output, new.iter().rev(), header);
+            print_follow(args.client.output, new.iter(), header);
             header = false;
+        }
+        if new.len() < crate::store::MAX_LIMIT as usize {
+            std::thread::sleep(FOLLOW_EVERY);
         }
     }
 }

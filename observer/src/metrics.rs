@@ -298,6 +298,8 @@ pub struct SelfMetrics {
     pub flows_full: Counter,
     /// Runs of each program the kernel skipped (already running on that CPU).
     pub program_misses: Family<ProgramLabels, Counter>,
+    /// Event histories found corrupt at start-up and moved aside.
+    pub store_moved_aside: Counter,
 }
 
 /// An eBPF program.
@@ -331,7 +333,13 @@ impl SelfMetrics {
             ringbuf_used: Gauge::default(),
             flows_full: Counter::default(),
             program_misses: Family::default(),
+            store_moved_aside: Counter::default(),
         };
+        registry.register(
+            "store_moved_aside",
+            "Event histories (events.db) found corrupt at start-up and moved aside as events.db.corrupt-<unix seconds>; a new history was started",
+            m.store_moved_aside.clone(),
+        );
         registry.register(
             "events_lost",
             "Events lost before reaching the outputs, by source",

@@ -7,7 +7,7 @@
 use std::{
     io::Write,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
@@ -107,10 +107,10 @@ pub struct Sink {
 const PRUNE_EVERY: Duration = Duration::from_mins(1);
 
 impl Sink {
-    /// Consumes `rx` until it closes, writing to `out`.
+    /// Consumes `rx` until it closes, writing to `out`. The history is pruned at start and
+    /// then every [`PRUNE_EVERY`] by a thread of its own, whether events arrive or not.
     pub fn run(mut self, mut rx: mpsc::Receiver<Event>, mut out: impl Write) {
-        let mut last_prune = Instant::now();
-        self.prune();
+        let _pruning = self.start_pruning();
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -147,26 +147,54 @@ impl Sink {
                 }
                 buf.clear();
             }
-            if last_prune.elapsed() >= PRUNE_EVERY {
-                self.prune();
-                last_prune = Instant::now();
-            }
         }
     }
 
-    fn prune(&self) {
-        let now = u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX);
-        let keep = u64::try_from(self.retention.as_nanos()).unwrap_or(u64::MAX);
-        match self.store.prune(now, keep, self.max_events) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "pruned the event history"),
-            Err(e) => tracing::warn!(error = %e, "pruning the event history failed"),
+    /// Prunes once, then starts the pruning thread; it stops when the returned sender drops.
+    fn start_pruning(&self) -> Option<std::sync::mpsc::Sender<()>> {
+        let (retention, max_events) = (self.retention, self.max_events);
+        prune(|a, b, c| self.store.prune(a, b, c), retention, max_events);
+        let pruner = match self.store.pruner() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "no pruning thread: the history is pruned at start only");
+                return None;
+            }
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("prune".to_owned())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PRUNE_EVERY)
+                {
+                    prune(|a, b, c| pruner.prune(a, b, c), retention, max_events);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no pruning thread: the history is pruned at start only");
         }
+        Some(stop)
+    }
+}
+
+/// Deletes what `--retention` and `--max-events` no longer keep, with `f` (a store's prune).
+fn prune(
+    f: impl Fn(u64, u64, u64) -> rusqlite::Result<usize>,
+    retention: Duration,
+    max_events: u64,
+) {
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX);
+    let keep = u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX);
+    match f(now, keep, max_events) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deleted = n, "pruned the event history"),
+        Err(e) => tracing::warn!(error = %e, "pruning the event history failed"),
     }
 }

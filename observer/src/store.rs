@@ -1,11 +1,16 @@
 //! The embedded event history: SQLite (bundled) in `--data-dir/events.db`, WAL mode.
 //!
-//! One writer (the sink thread) appends in batches, one transaction per batch, and prunes by
-//! age (`--retention`) and by a row cap (`--max-events`). Readers (the API) use their own
-//! connection: WAL lets them read while the writer writes. Ids are assigned here, continuing
-//! from the largest stored one, so they are unique and increasing per data dir, also across
-//! restarts and also when a write fails (a full disk is counted, the events still go to the
-//! log and the metrics).
+//! One writer (the sink thread) appends in batches, one transaction per batch; a [`Pruner`] on
+//! a connection of its own deletes by age (`--retention`) and by a row cap (`--max-events`) on
+//! a timer, whether events arrive or not. Readers (the API) use their own connection: WAL lets
+//! them read while the writer writes. Ids are assigned here and never reused: the highest id
+//! handed out is kept in `meta` in the same transaction as the rows, so ids keep increasing
+//! across restarts and after pruning has emptied the table, and also when a write fails (a
+//! full disk is counted, the events still go to the log and the metrics).
+//!
+//! A file SQLite finds corrupt at start-up (`PRAGMA quick_check`, or not a database at all) is
+//! moved aside as `events.db.corrupt-<unix seconds>` with its WAL, and a fresh history is
+//! started, so the node stays monitored; the agent logs it and counts it.
 
 use std::{
     path::{Path, PathBuf},
@@ -62,27 +67,50 @@ CREATE INDEX IF NOT EXISTS events_pid ON events (pid);
 CREATE INDEX IF NOT EXISTS events_comm ON events (comm);
 CREATE INDEX IF NOT EXISTS events_peer ON events (peer_addr, peer_port);
 CREATE INDEX IF NOT EXISTS events_pod ON events (namespace, pod);
+CREATE INDEX IF NOT EXISTS events_pod_name ON events (pod);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
+
+/// `meta` key of the highest id handed out.
+const LAST_ID: &str = "last_id";
 
 /// The writer side of the store.
 pub struct Store {
     conn: Connection,
     file: PathBuf,
     next_id: u64,
+    moved_aside: Option<PathBuf>,
 }
 
-/// Opens `dir/events.db` for writing, creating the directory and the schema, and checks it.
+/// Opens `dir/events.db` for writing, creating the directory and the schema, and checks it; a
+/// corrupt file is moved aside and a fresh one created (see the module doc).
 pub fn open(dir: &Path) -> Result<Store, Error> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
         dir: dir.display().to_string(),
         source,
     })?;
     let file = dir.join("events.db");
+    match open_file(&file) {
+        Err(Error::Db { source, .. }) if is_corrupt(&source) => {
+            let aside = move_aside(&file).map_err(|source| Error::Dir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            tracing::warn!(file = %file.display(), moved_to = %aside.display(), error = %source, "event history corrupt: moved aside, starting a new one");
+            let mut store = open_file(&file)?;
+            store.moved_aside = Some(aside);
+            Ok(store)
+        }
+        other => other,
+    }
+}
+
+fn open_file(file: &Path) -> Result<Store, Error> {
     let db_err = |source| Error::Db {
         file: file.display().to_string(),
         source,
     };
-    let conn = Connection::open(&file).map_err(db_err)?;
+    let conn = Connection::open(file).map_err(db_err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -98,20 +126,71 @@ pub fn open(dir: &Path) -> Result<Store, Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db_err)?;
     conn.execute_batch(SCHEMA).map_err(db_err)?;
-    let max: i64 = conn
-        .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+    let (max, last): (i64, i64) = conn
+        .query_row(
+            "SELECT COALESCE((SELECT MAX(id) FROM events), 0),
+                    COALESCE((SELECT value FROM meta WHERE key = ?1), 0)",
+            [LAST_ID],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(db_err)?;
     Ok(Store {
         conn,
-        next_id: u64::try_from(max).unwrap_or(0) + 1,
-        file,
+        next_id: u64::try_from(max.max(last)).unwrap_or(0) + 1,
+        file: file.to_owned(),
+        moved_aside: None,
     })
+}
+
+/// Whether SQLite's answer means the file is damaged or not a database (not locked, not a
+/// permission problem: those are for the operator, and moving the file would not help).
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Renames `file` and its WAL and shared-memory files to `<name>.corrupt-<unix seconds>...`.
+fn move_aside(file: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let with = |suffix: &str| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let aside = with(&format!(".corrupt-{secs}"));
+    std::fs::rename(file, &aside)?;
+    for extra in ["-wal", "-shm"] {
+        let from = with(extra);
+        if from.exists() {
+            let mut to = aside.as_os_str().to_owned();
+            to.push(extra);
+            std::fs::rename(from, to)?;
+        }
+    }
+    Ok(aside)
 }
 
 impl Store {
     /// The database file, for readers.
     pub fn file(&self) -> &Path {
         &self.file
+    }
+
+    /// Where a corrupt history found at start-up was moved, if one was.
+    pub fn moved_aside(&self) -> Option<&Path> {
+        self.moved_aside.as_deref()
+    }
+
+    /// A pruner on a connection of its own, for a thread that prunes on a timer.
+    pub fn pruner(&self) -> rusqlite::Result<Pruner> {
+        let conn = Connection::open(&self.file)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Pruner { conn })
     }
 
     /// Gives each event its id, then appends them all in one transaction. On error the events
@@ -142,22 +221,41 @@ impl Store {
                     json,
                 ])?;
             }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![LAST_ID, (self.next_id - 1) as i64],
+            )?;
         }
         tx.commit()
     }
 
+    /// [`Pruner::prune`] on the writer's own connection.
+    pub fn prune(&self, now_ns: u64, keep_ns: u64, max_rows: u64) -> rusqlite::Result<usize> {
+        prune(&self.conn, now_ns, keep_ns, max_rows)
+    }
+}
+
+/// Deletes old events from a connection of its own (see [`Store::pruner`]).
+pub struct Pruner {
+    conn: Connection,
+}
+
+impl Pruner {
     /// Deletes events older than `keep_ns` before `now_ns` and beyond the newest `max_rows`.
     pub fn prune(&self, now_ns: u64, keep_ns: u64, max_rows: u64) -> rusqlite::Result<usize> {
-        let cutoff = now_ns.saturating_sub(keep_ns) as i64;
-        let old = self
-            .conn
-            .execute("DELETE FROM events WHERE ts_ns < ?1", [cutoff])?;
-        let over = self.conn.execute(
-            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-            [max_rows as i64],
-        )?;
-        Ok(old + over)
+        prune(&self.conn, now_ns, keep_ns, max_rows)
     }
+}
+
+fn prune(conn: &Connection, now_ns: u64, keep_ns: u64, max_rows: u64) -> rusqlite::Result<usize> {
+    let cutoff = i64::try_from(now_ns.saturating_sub(keep_ns)).unwrap_or(i64::MAX);
+    let old = conn.execute("DELETE FROM events WHERE ts_ns < ?1", [cutoff])?;
+    let over = conn.execute(
+        "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        [i64::try_from(max_rows).unwrap_or(i64::MAX)],
+    )?;
+    Ok(old + over)
 }
 
 /// A read-only connection for queries.

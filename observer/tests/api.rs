@@ -335,6 +335,23 @@ fn events_follow_streams_what_arrives() {
     ];
     s.store.lock().unwrap().append(&mut more).unwrap();
     assert_eq!(next_id(), 6, "then new events of the kind, as they come");
+    // A burst larger than a page (10,000) between two polls: read forward, none skipped.
+    let burst = observer::store::MAX_LIMIT as usize + 50;
+    let mut many: Vec<_> = (0..burst)
+        .map(|i| {
+            event(
+                Kind::RstOnClose,
+                22,
+                "curl",
+                "10.0.0.4",
+                80,
+                7_000 + i as u64,
+            )
+        })
+        .collect();
+    s.store.lock().unwrap().append(&mut many).unwrap();
+    let followed: Vec<u64> = (0..burst).map(|_| next_id()).collect();
+    assert_eq!(followed, (7..7 + burst as u64).collect::<Vec<_>>());
     let _ = child.kill();
     let _ = child.wait();
 }

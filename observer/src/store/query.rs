@@ -12,6 +12,9 @@ use crate::events::Kind;
 pub const MAX_LIMIT: u32 = 10_000;
 /// Events returned when no `limit` is given.
 pub const DEFAULT_LIMIT: u32 = 100;
+/// The largest id and time (ns since the Unix epoch, 2262-04-11) the store can hold: SQLite
+/// integers are signed 64-bit, so a larger value is refused before it reaches SQL.
+pub const MAX_STORED: u64 = i64::MAX as u64;
 
 /// Parameters of `/api/v1/events` (and the filters of `observer events`).
 pub const PARAMS: [&str; 10] = [
@@ -46,7 +49,7 @@ pub struct Filter {
     pub namespace: Option<String>,
     /// Only this peer address, and port when given.
     pub peer: Option<(IpAddr, Option<u16>)>,
-    /// Only events with a larger id (for following).
+    /// Only events with a larger id, oldest first (for following: a page at a time, forward).
     pub after_id: Option<u64>,
     /// At most this many.
     pub limit: u32,
@@ -86,10 +89,15 @@ fn bad(param: &str, why: impl Into<String>) -> BadParam {
     }
 }
 
-/// A time: RFC 3339, or a duration ago (`10m`), as ns since the Unix epoch.
+/// A time: RFC 3339, or a duration ago (`10m`), as ns since the Unix epoch, from 1970 to
+/// 2262-04-11 (what the store holds).
 pub fn parse_time(param: &str, v: &str, now_ns: u64) -> Result<u64, BadParam> {
     if let Ok(t) = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339) {
-        return u64::try_from(t.unix_timestamp_nanos()).map_err(|_| bad(param, "before 1970"));
+        let ns = u64::try_from(t.unix_timestamp_nanos()).map_err(|_| bad(param, "before 1970"))?;
+        if ns > MAX_STORED {
+            return Err(bad(param, "after 2262-04-11, the latest time stored"));
+        }
+        return Ok(ns);
     }
     let ago = humantime::parse_duration(v).map_err(|_| {
         bad(
@@ -148,7 +156,13 @@ impl Filter {
                 "pod" => f.pod = Some(text(k, v)?),
                 "namespace" => f.namespace = Some(text(k, v)?),
                 "peer" => f.peer = Some(parse_peer(v)?),
-                "after_id" => f.after_id = Some(number(k, v)?),
+                "after_id" => {
+                    let id: u64 = number(k, v)?;
+                    if id > MAX_STORED {
+                        return Err(bad(k, format!("must be at most {MAX_STORED}")));
+                    }
+                    f.after_id = Some(id);
+                }
                 "limit" => {
                     let n: u32 = number(k, v)?;
                     if n == 0 || n > MAX_LIMIT {
@@ -167,7 +181,8 @@ impl Filter {
         Ok(f)
     }
 
-    /// The SQL and its bound values.
+    /// The SQL and its bound values: newest first, or with `after_id` the oldest after it.
+    /// Every bound value fits SQLite's signed integers (checked when parsed).
     pub(crate) fn sql(&self) -> (String, Args) {
         let mut sql = String::from("SELECT json FROM events WHERE 1=1");
         let mut args: Args = Vec::new();
@@ -179,11 +194,12 @@ impl Filter {
         if let Some(k) = self.kind {
             cond("kind = ?", Value::Text(k.as_str().to_owned()));
         }
+        let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
         if let Some(s) = self.since_ns {
-            cond("ts_ns >= ?", Value::Integer(s as i64));
+            cond("ts_ns >= ?", int(s));
         }
         if let Some(u) = self.until_ns {
-            cond("ts_ns <= ?", Value::Integer(u as i64));
+            cond("ts_ns <= ?", int(u));
         }
         if let Some(p) = self.pid {
             cond("pid = ?", Value::Integer(i64::from(p)));
@@ -204,9 +220,11 @@ impl Filter {
             }
         }
         if let Some(a) = self.after_id {
-            cond("id > ?", Value::Integer(a as i64));
+            cond("id > ?", int(a));
+            sql.push_str(" ORDER BY id ASC LIMIT ?");
+        } else {
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
         }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
         args.push(Value::Integer(i64::from(self.limit)));
         (sql, args)
     }

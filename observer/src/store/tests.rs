@@ -92,7 +92,8 @@ fn appends_numbers_and_filters() {
         ids(&r
             .query(&filter(&[("after_id", "1"), ("limit", "1")]))
             .unwrap()),
-        vec![3]
+        vec![2],
+        "after an id: the oldest first, to page forward"
     );
 }
 
@@ -131,18 +132,31 @@ fn pruning_keeps_the_file_bounded_by_age_and_rows() {
 }
 
 #[test]
-fn a_corrupt_file_or_unwritable_dir_is_a_clear_error() {
+fn a_corrupt_file_is_moved_aside_and_an_unwritable_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("events.db"),
-        b"this is not a database, just some bytes that are long enough",
-    )
-    .unwrap();
-    let e = open(dir.path()).err().unwrap().to_string();
+    let garbage = b"this is not a database, just some bytes that are long enough".repeat(100);
+    std::fs::write(dir.path().join("events.db"), &garbage).unwrap();
+    let mut store = open(dir.path()).unwrap();
+    let aside = store.moved_aside().unwrap().to_owned();
     assert!(
-        e.starts_with(&format!("event store {}/events.db: ", dir.path().display())),
-        "{e}"
+        aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("events.db.corrupt-"),
+        "{}",
+        aside.display()
     );
+    assert_eq!(std::fs::read(&aside).unwrap(), garbage, "kept as it was");
+    let mut batch = [event(Kind::RstOnClose, 1, "a", ("10.0.0.1", 1), 1)];
+    store.append(&mut batch).unwrap();
+    assert_eq!(Reader::open(store.file()).unwrap().count().unwrap(), 1);
+    drop(store);
+    assert!(
+        open(dir.path()).unwrap().moved_aside().is_none(),
+        "a sound file stays"
+    );
+
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let e = open(&file.join("sub")).err().unwrap().to_string();
@@ -150,6 +164,75 @@ fn a_corrupt_file_or_unwritable_dir_is_a_clear_error() {
         e.starts_with("data dir ") && e.contains("--data-dir"),
         "{e}"
     );
+}
+
+#[test]
+fn ids_are_never_reused_after_pruning_empties_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path()).unwrap();
+        let mut batch: Vec<Event> = (0..3)
+            .map(|i| event(Kind::RstOnClose, 1, "a", ("10.0.0.1", 1), i))
+            .collect();
+        s.append(&mut batch).unwrap();
+        assert_eq!(s.prune(1_000, 1, 1_000).unwrap(), 3, "all too old");
+    }
+    let mut s = open(dir.path()).unwrap();
+    assert_eq!(Reader::open(s.file()).unwrap().count().unwrap(), 0);
+    let mut more = [event(Kind::RstOnClose, 2, "b", ("10.0.0.1", 1), 5_000)];
+    s.append(&mut more).unwrap();
+    assert_eq!(
+        more[0].id, 4,
+        "a follower that saw id 3 still sees this one"
+    );
+}
+
+#[test]
+fn out_of_range_ids_and_times_are_refused_not_wrapped() {
+    let err = |q: &[(&str, &str)]| Filter::from_pairs(q.iter().copied(), 0).unwrap_err();
+    assert_eq!(
+        err(&[("after_id", "18446744073709551615")]).to_string(),
+        "invalid parameter after_id: must be at most 9223372036854775807"
+    );
+    assert_eq!(
+        err(&[("since", "2300-01-01T00:00:00Z")]).to_string(),
+        "invalid parameter since: after 2262-04-11, the latest time stored"
+    );
+    assert!(Filter::from_pairs([("after_id", "9223372036854775807")], 0).is_ok());
+}
+
+/// Every filter but the time window, which SQLite serves by walking ids newest first (ids are
+/// handed out in time order, so `LIMIT` stops the walk at the window's newest rows).
+#[test]
+fn every_filter_is_served_by_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let conn = Connection::open(store.file()).unwrap();
+    for q in [
+        &[("kind", "rst_on_close")][..],
+        &[("pid", "7")],
+        &[("comm", "curl")],
+        &[("pod", "web-1")],
+        &[("namespace", "shop")],
+        &[("peer", "10.0.0.1:80")],
+        &[("after_id", "5")],
+    ] {
+        let (sql, args) = Filter::from_pairs(q.iter().copied(), 1 << 40)
+            .unwrap()
+            .sql();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|p| p.contains("USING INDEX")
+                || p.contains("USING COVERING INDEX")
+                || p.contains("USING INTEGER PRIMARY KEY")),
+            "{q:?}: {plan:?}"
+        );
+    }
 }
 
 #[test]
@@ -190,4 +273,70 @@ fn bad_parameters_are_named() {
     let ok = Filter::from_pairs([("since", "10m"), ("peer", "[::1]:6379")], now).unwrap();
     assert_eq!(ok.since_ns, Some(now - 600_000_000_000));
     assert_eq!(ok.peer, Some(("::1".parse().unwrap(), Some(6379))));
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the numbers, a filter either is refused with a named parameter or runs:
+        /// nothing wraps into a negative SQLite integer.
+        #[test]
+        fn numeric_parameters_are_refused_or_run(
+            after_id in any::<u64>(),
+            pid in any::<u64>(),
+            limit in any::<u64>(),
+            since_s in any::<i64>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path()).unwrap();
+            let r = Reader::open(store.file()).unwrap();
+            let since = time::OffsetDateTime::from_unix_timestamp(since_s % 20_000_000_000)
+                .map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap())
+                .unwrap_or_default();
+            let (a, p, l) = (after_id.to_string(), pid.to_string(), limit.to_string());
+            let pairs = [("after_id", a.as_str()), ("pid", &p), ("limit", &l), ("since", &since)];
+            match Filter::from_pairs(pairs, 1 << 60) {
+                Ok(f) => {
+                    prop_assert!(after_id <= query::MAX_STORED);
+                    let (_, args) = f.sql();
+                    for v in &args {
+                        if let rusqlite::types::Value::Integer(i) = v {
+                            prop_assert!(*i >= 0, "{args:?}");
+                        }
+                    }
+                    prop_assert!(r.query(&f).is_ok());
+                }
+                Err(e) => prop_assert!(PARAM_NAMES.contains(&e.param.as_str()), "{e}"),
+            }
+        }
+
+        /// Following: pages of `page` events after the last id seen return every event once,
+        /// in order, however many arrived since the last poll.
+        #[test]
+        fn following_page_by_page_skips_nothing(total in 0usize..300, page in 1u32..50) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(dir.path()).unwrap();
+            let mut batch: Vec<Event> = (0..total)
+                .map(|i| event(Kind::RstOnClose, 1, "a", ("10.0.0.1", 1), i as u64))
+                .collect();
+            store.append(&mut batch).unwrap();
+            let r = Reader::open(store.file()).unwrap();
+            let (mut seen, mut last) = (Vec::new(), 0u64);
+            loop {
+                let f = Filter { after_id: Some(last), limit: page, ..Filter::default() };
+                let got = ids(&r.query(&f).unwrap());
+                let Some(&max) = got.last() else { break };
+                seen.extend(got);
+                last = max;
+            }
+            prop_assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>());
+        }
+    }
+
+    const PARAM_NAMES: [&str; 4] = ["after_id", "pid", "limit", "since"];
 }
