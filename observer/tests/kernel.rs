@@ -14,6 +14,7 @@ mod kernel {
     mod agent_cli;
     mod burst;
     mod close_wait;
+    mod crash;
     mod fallbacks;
     mod kubernetes;
     mod one_agent;

@@ -416,6 +416,13 @@ impl Agent {
         (status, g.stderr.join("\n"))
     }
 
+    /// Kills the agent with SIGKILL (no clean-up of any kind) and waits for it.
+    pub(crate) fn kill(mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.child.wait().unwrap()
+    }
+
     fn terminate(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
