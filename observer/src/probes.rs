@@ -29,6 +29,7 @@ use crate::{config::ReadHook, layout::Layout};
 
 mod attach;
 mod degraded;
+mod pins;
 mod promote;
 
 pub use degraded::Degraded;
@@ -201,6 +202,7 @@ impl Probes {
     pub fn load(layout: &Layout, args: &crate::config::ProbeArgs) -> Result<Self, Error> {
         let (btf_path, allowed) = (args.btf.as_path(), args.hook_types.as_slice());
         crate::host::pin_dir(&args.pin_dir)?;
+        pins::drop_stale(&args.pin_dir);
         let btf = aya::Btf::parse_file(btf_path, aya::Endianness::default()).map_err(|source| {
             Error::Btf {
                 path: btf_path.display().to_string(),

@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("prometheus", &["promtool", "--version"]),
     ("wrk", &["sh", "-c", "command -v wrk"]),
     ("nginx", &["nginx", "-v"]),
+    ("bpftool", &["sh", "-c", "command -v bpftool"]),
 ];
 
 /// checkov (PyPI), in a virtualenv of the project's own: the Kubernetes manifest lint.

@@ -1,7 +1,8 @@
 //! One agent per node: a second agent, or `observer check`, started beside a running agent
 //! leaves it working. The second agent refuses to start with one line naming the first;
 //! `check` pins into a directory of its own, so the agent keeps its promotion iterator and
-//! reports every CLOSE_WAIT leak made afterwards.
+//! reports every CLOSE_WAIT leak made afterwards. A table pinned by a build of another layout
+//! is replaced, not misread.
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::support::{Agent, OBSERVER, in_netns, of_kind, patience_secs, require_bpf};
+use super::support::{Agent, OBSERVER, PinDir, in_netns, of_kind, patience_secs, require_bpf};
 
 /// CLOSE_WAIT leaks made after the second agent and the check.
 const LEAKS: usize = 5;
@@ -82,4 +83,56 @@ fn a_second_agent_and_check_beside_an_agent_leave_it_working() {
     drop(held);
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
+}
+
+/// A CLOSE_WAIT table pinned by a build of another layout (made here with bpftool, value
+/// 128 bytes): the agent removes it with one warning naming what differs, never a verifier
+/// dump, and tracks leaks in a table of its own layout.
+#[test]
+fn a_pinned_table_of_another_layout_is_replaced_not_misread() {
+    if !require_bpf() {
+        return;
+    }
+    let pins = PinDir::new();
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let stale = format!("{}/CLOSE_WAIT", pins.path());
+    let made = Command::new("bpftool")
+        .args([
+            "map", "create", &stale, "type", "hash", "key", "8", "value", "128",
+        ])
+        .args(["entries", "1024", "name", "CLOSE_WAIT", "flags", "1"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create");
+    let agent = Agent::start_pinned(&pins, &["--close-wait-threshold", "1s"]);
+    let (ns, held) = in_netns(|ns| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        drop(l.accept().unwrap());
+        (ns, c)
+    });
+    let deadline = Instant::now() + patience_secs(20);
+    while of_kind(
+        &agent.events(ns, 1, Duration::from_secs(1), Duration::ZERO),
+        "close_wait_leak",
+    )
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no leak tracked in the new table"
+        );
+    }
+    drop(held);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pinned map of another layout removed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains(&stale) && warned[0].contains("value size 128, this build's 120"),
+        "{log}"
+    );
 }
