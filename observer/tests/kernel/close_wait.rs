@@ -69,19 +69,22 @@ fn pooled_client_is_reported_once_then_resolved() {
     assert_eq!(leak["local_port"], cport);
     assert_eq!(leak["unread_bytes"], 0);
     assert_eq!(leak["close_wait_lower_bound"], false);
-    assert!((1000..2800).contains(&ms(&leak["close_wait_ms"])), "{leak}");
+    assert!(
+        (1000..held_ms).contains(&ms(&leak["close_wait_ms"])),
+        "{leak}"
+    );
     assert_eq!(done["pid"], std::process::id());
     assert_eq!(done["local_port"], cport);
     let total = ms(&done["close_wait_ms"]);
     assert!(
-        total.abs_diff(held_ms) < 250,
+        u128::from(total.abs_diff(held_ms)) < patience(Duration::from_millis(250)).as_millis(),
         "resolved after {total} ms, held {held_ms} ms"
     );
     assert!(
         done["hint"]
             .as_str()
             .unwrap()
-            .starts_with("closed by its owner after 2s"),
+            .starts_with(&format!("closed by its owner after {}s", total / 1000)),
         "{done}"
     );
 }
