@@ -56,12 +56,34 @@ fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     }
 }
 
+/// Checks that the kernel's map has keys of `K`'s size and values of `V`'s: the kernel copies
+/// its own sizes into the buffers, so a map of another layout (a stale pin) would be written
+/// past them or misread. aya checks the object's definition, not the map the kernel holds.
+fn check_sizes<K, V>(map: &MapData) -> io::Result<()> {
+    let info = map.info().map_err(io::Error::other)?;
+    let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+    if key == size_of::<K>() && value == size_of::<V>() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "map {} holds {key}-byte keys and {value}-byte values, observer reads {} and {}",
+            info.name_as_str().unwrap_or("?"),
+            size_of::<K>(),
+            size_of::<V>()
+        ),
+    ))
+}
+
 /// Every entry of a hash or LRU hash map whose keys are `K` and values `V`. Entries added or
 /// deleted meanwhile may or may not be seen (as with any iteration of a live map).
 ///
 /// # Errors
-/// The kernel's answer, `EINVAL` on kernels without batch lookups (before 5.6).
+/// The kernel's answer, `EINVAL` on kernels without batch lookups (before 5.6), or
+/// `InvalidData` when the map's key or value size is not `K`'s or `V`'s.
 pub fn dump<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    check_sizes::<K, V>(map)?;
     let mut out = Vec::new();
     let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(BATCH);
     let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(BATCH);
@@ -104,8 +126,9 @@ pub fn dump<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
 /// read and the deletion is lost; `None` when it is absent.
 ///
 /// # Errors
-/// The kernel's answer (`EINVAL` on hash maps before 5.14).
+/// The kernel's answer (`EINVAL` on hash maps before 5.14), or `InvalidData` as for [`dump`].
 pub fn take<K: Pod, V: Pod>(map: &MapData, key: &K) -> io::Result<Option<V>> {
+    check_sizes::<K, V>(map)?;
     let mut value = MaybeUninit::<V>::uninit();
     let mut attr = ElemAttr {
         map_fd: fd(map),

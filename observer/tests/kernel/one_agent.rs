@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use observer_common::event::CloseWaitEntry as Entry;
+
 use super::support::{Agent, OBSERVER, PinDir, in_netns, of_kind, patience_secs, require_bpf};
 
 /// CLOSE_WAIT leaks made after the second agent and the check.
@@ -135,4 +137,39 @@ fn a_pinned_table_of_another_layout_is_replaced_not_misread() {
         warned[0].contains(&stale) && warned[0].contains("value size 128, this build's 120"),
         "{log}"
     );
+}
+
+/// Every batch read and lookup-and-delete checks the kernel's key and value sizes first: the
+/// kernel copies its own sizes, so a map of another layout would be written past the buffer.
+#[test]
+fn map_reads_check_the_kernels_value_size() {
+    if !require_bpf() {
+        return;
+    }
+    let pins = PinDir::new();
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let path = format!("{}/CLOSE_WAIT", pins.path());
+    let made = Command::new("bpftool")
+        .args([
+            "map", "create", &path, "type", "hash", "key", "8", "value", "128",
+        ])
+        .args(["entries", "16", "name", "CLOSE_WAIT"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create");
+    let map = aya::maps::MapData::from_pin(&path).unwrap();
+    let e = observer::map_read::dump::<u64, Entry>(&map).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "map CLOSE_WAIT holds 8-byte keys and 128-byte values, observer reads 8 and {}",
+            size_of::<Entry>()
+        )
+    );
+    let e = observer::map_read::take::<u64, Entry>(&map, &1).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    // The right sizes read (an empty map: nothing).
+    let fits = observer::map_read::dump::<u64, [u8; 128]>(&map).unwrap();
+    assert!(fits.is_empty());
 }
