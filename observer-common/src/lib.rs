@@ -28,6 +28,13 @@ pub mod maps {
     pub const CLOSE_WAIT: &str = "CLOSE_WAIT";
     /// Capacity of [`CLOSE_WAIT`].
     pub const CLOSE_WAIT_MAX_ENTRIES: u32 = 262_144;
+    /// The layout version of the pinned maps (one `u32`), pinned beside them.
+    pub const LAYOUT: &str = "LAYOUT";
+    /// [`LAYOUT`]'s value for this build's `CLOSE_WAIT` entries
+    /// ([`crate::event::CloseWaitEntry`]). Raise it whenever that layout changes, and teach
+    /// `observer::probes::pins` to migrate the previous one. Version 1 is the unversioned
+    /// layout of the builds before the pin existed (a `CLOSE_WAIT` pin without `LAYOUT`).
+    pub const LAYOUT_VERSION: u32 = 2;
     /// Per-CPU counts of sockets in CLOSE_WAIT waiting for promotion, by the scan epoch they
     /// entered in ([`CW_EPOCHS`] slots; per-CPU values wrap, their sum is the count).
     pub const CW_PENDING: &str = "CW_PENDING";

@@ -76,6 +76,11 @@ pub(crate) static CLOSE_WAIT: HashMap<u64, CloseWaitEntry> = HashMap::pinned(
     BPF_F_NO_PREALLOC,
 );
 
+/// The layout version of the pins beside it (`LAYOUT_VERSION`), pinned with them. Written:
+/// the agent, after load. Read: the next agent, before it reuses any pin. No program reads it.
+#[map]
+pub(crate) static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 /// Sockets in CLOSE_WAIT waiting for promotion, per entry epoch (`CW_EPOCH`). Added to:
 /// `close_wait::enter`; taken from: `close_wait::leave` (left unpromoted), `close_wait::promote`.
 /// Read: the agent, which runs the iterator only when a socket has waited a whole scan

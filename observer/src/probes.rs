@@ -216,6 +216,7 @@ impl Probes {
             .override_global(SLOT_BITS_GLOBAL, &args.socket_slots.trailing_zeros(), true)
             .map_max_entries(maps::SOCK_SLOTS, args.socket_slots)
             .load(OBJECT)?;
+        pins::stamp(&mut ebpf)?;
         let (mut plan, reads) = attach_optional(&mut ebpf, &btf, layout, args)?;
         let hold_for_reset = plan
             .iter()

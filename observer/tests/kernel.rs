@@ -23,4 +23,5 @@ mod kernel {
     mod real_clients;
     mod rst_on_close;
     mod store_full;
+    mod upgrade;
 }

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod clippy;
+mod previous;
 mod run;
 mod setup;
 mod test;

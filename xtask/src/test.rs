@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{clippy, setup, setup::NIGHTLY, status, vm};
+use crate::{clippy, previous, setup, setup::NIGHTLY, status, vm};
 
 /// Debian packages the tests use as real clients and servers, with a command proving each is
 /// installed.
@@ -52,7 +52,12 @@ fn host() -> Result<()> {
     checkov()?;
     status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     clippy::run()?;
-    status(Command::new("cargo").args(["test", "--all-targets"]))
+    let previous = previous::build()?;
+    status(
+        Command::new("cargo")
+            .args(["test", "--all-targets"])
+            .env(previous::ENV, previous),
+    )
 }
 
 /// Installs the Debian packages the tests (and the benchmarks) drive, where missing.

@@ -63,13 +63,14 @@ pub(crate) fn test(kernel: &str) -> Result<()> {
     let vng = virtme_ng()?;
     let image = kernel_image(&line)?;
     let tests = build_kernel_tests()?;
+    let previous = crate::previous::build()?;
     let out = PathBuf::from(format!("target/vm/{}", line.version));
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
     fs::create_dir_all(&out)?;
     let script = out.join("guest.sh");
-    fs::write(&script, guest_script(&tests, &out))?;
+    fs::write(&script, guest_script(&tests, &previous, &out))?;
     let cwd = std::env::current_dir()?;
     eprintln!(
         "xtask: booting {} under TCG to run the kernel tests",
@@ -124,17 +125,19 @@ fn report(out: &Path, booted: bool) -> Result<()> {
 /// The guest's script: bpffs mounted once (agents started side by side would each mount it,
 /// one over the other's pins), the open-file limit a node has, the kernel release, `observer
 /// check`, then the tests, each with its exit code in a file of its own.
-fn guest_script(tests: &Path, out: &Path) -> String {
+fn guest_script(tests: &Path, previous: &Path, out: &Path) -> String {
     let out = out.display();
+    let env = crate::previous::ENV;
     format!(
         "set -u\n\
          mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
          ulimit -Hn 65536; ulimit -n 65536\n\
          uname -r > {out}/uname\n\
          ./target/debug/observer check > {out}/check.log 2>&1; echo $? > {out}/check.rc\n\
-         OBSERVER_REQUIRE_BPF=1 OBSERVER_TEST_TIME_SCALE={TIME_SCALE} {tests} --test-threads 2 \
-         > {out}/tests.log 2>&1; echo $? > {out}/tests.rc\n",
+         OBSERVER_REQUIRE_BPF=1 OBSERVER_TEST_TIME_SCALE={TIME_SCALE} {env}={previous} {tests} \
+         --test-threads 2 > {out}/tests.log 2>&1; echo $? > {out}/tests.rc\n",
         tests = tests.display(),
+        previous = previous.display(),
     )
 }
 

@@ -1,17 +1,25 @@
 //! Pinned maps an earlier agent left: reused only when their layout is this build's. aya
 //! reuses a pin by name whatever it holds, and a map of another layout then either makes the
-//! verifier refuse the programs (a dump, no reason) or is misread. Before loading, the pinned
-//! `CLOSE_WAIT` table's type, key and value sizes, capacity and flags
-//! (`BPF_OBJ_GET_INFO_BY_FD`) are compared with this build's; a pin that differs is removed
-//! with one warning naming it and what differs, and the sockets in CLOSE_WAIT are found again
-//! through `sock_diag` at start-up, their ages marked as lower bounds.
+//! verifier refuse the programs (a dump, no reason) or is misread.
+//!
+//! The pins carry a layout version: the `LAYOUT` map pinned beside them holds
+//! `LAYOUT_VERSION`, written after every load. Before loading, the pinned `CLOSE_WAIT` table
+//! is judged by that version and by its type, key and value sizes, capacity and flags as the
+//! kernel reports them (`BPF_OBJ_GET_INFO_BY_FD`):
+//!
+//! * this version, or version 1 (a pin without `LAYOUT`, left by a build before versioning,
+//!   whose entries have this layout), with the sizes this build reads: reused as it is, every
+//!   entry time kept (a rolling update keeps each socket's true CLOSE_WAIT age);
+//! * anything else (another version, other sizes): removed with one warning naming the pin and
+//!   what differs; the sockets in CLOSE_WAIT are found again through `sock_diag` at start-up,
+//!   their ages marked as lower bounds.
 
 use std::path::Path;
 
-use aya::maps::{MapInfo, MapType};
+use aya::maps::{Array, MapData, MapInfo, MapType};
 use observer_common::{
     event::CloseWaitEntry,
-    maps::{CLOSE_WAIT, CLOSE_WAIT_MAX_ENTRIES},
+    maps::{CLOSE_WAIT, CLOSE_WAIT_MAX_ENTRIES, LAYOUT, LAYOUT_VERSION},
 };
 
 /// `BPF_F_NO_PREALLOC`, the table's only flag.
@@ -36,9 +44,9 @@ struct Layout {
     flags: u32,
 }
 
-/// Removes the pinned `CLOSE_WAIT` table under `pin_dir` if its layout is not this build's;
-/// returns what differed when it did. A pin that cannot be read is left to the loader, which
-/// names it in its error.
+/// Removes the pinned `CLOSE_WAIT` table under `pin_dir` (and its `LAYOUT`) unless this build
+/// can reuse it (see the module doc); returns what differed when it was removed. A pin that
+/// cannot be read is left to the loader, which names it in its error.
 pub(super) fn drop_stale(pin_dir: &Path) -> Option<String> {
     let path = pin_dir.join(CLOSE_WAIT);
     let info = MapInfo::from_pin(&path).ok()?;
@@ -49,17 +57,57 @@ pub(super) fn drop_stale(pin_dir: &Path) -> Option<String> {
         max_entries: info.max_entries(),
         flags: info.map_flags(),
     };
-    let differs = differences(&found, &EXPECTED)?;
-    match std::fs::remove_file(&path) {
+    let layout_pin = pin_dir.join(LAYOUT);
+    let version = if layout_pin.exists() {
+        read_version(&layout_pin)
+    } else {
+        Some(1)
+    };
+    let mut differs = differences(&found, &EXPECTED);
+    if !matches!(version, Some(v) if v == LAYOUT_VERSION || v == 1) {
+        let v = version.map_or_else(|| "unreadable".to_owned(), |v| v.to_string());
+        let what = format!("layout version {v}, this build's {LAYOUT_VERSION}");
+        differs = Some(differs.map_or(what.clone(), |d| format!("{what}, {d}")));
+    }
+    let Some(differs) = differs else {
+        if version == Some(1) {
+            tracing::info!(pin = %path.display(), "pinned CLOSE_WAIT table of a build before layout versions: reused, entry times kept");
+        }
+        return None;
+    };
+    let removed =
+        std::fs::remove_file(&path).and_then(|()| match std::fs::remove_file(&layout_pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        });
+    match removed {
         Ok(()) => {
             tracing::warn!(pin = %path.display(), differs = %differs, "pinned map of another layout removed: sockets already in CLOSE_WAIT are found again through sock_diag, their ages lower bounds");
-            Some(differs)
         }
         Err(e) => {
             tracing::warn!(pin = %path.display(), differs = %differs, error = %e, "pinned map of another layout could not be removed");
-            Some(differs)
         }
     }
+    Some(differs)
+}
+
+/// The version the pinned `LAYOUT` map at `path` holds.
+fn read_version(path: &Path) -> Option<u32> {
+    let map = MapData::from_pin(path).ok()?;
+    let array: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(map)).ok()?;
+    array.get(&0, 0).ok()
+}
+
+/// Writes this build's version into the `LAYOUT` map the loader pinned, after a load: the
+/// next agent then knows what the pins beside it hold.
+pub(super) fn stamp(ebpf: &mut aya::Ebpf) -> Result<(), super::Error> {
+    let mut layout: Array<MapData, u32> = super::take(ebpf, LAYOUT)?;
+    layout
+        .set(0, LAYOUT_VERSION, 0)
+        .map_err(|source| super::Error::Map {
+            name: LAYOUT,
+            source,
+        })
 }
 
 /// What differs between `found` and `want`, or `None` when nothing does.

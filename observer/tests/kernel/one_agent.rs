@@ -173,3 +173,65 @@ fn map_reads_check_the_kernels_value_size() {
     let fits = observer::map_read::dump::<u64, [u8; 128]>(&map).unwrap();
     assert!(fits.is_empty());
 }
+
+/// Pins whose `LAYOUT` says another version (a newer build's, after a rollback): replaced
+/// with one warning naming both versions, and the new pins carry this build's version.
+#[test]
+fn pins_of_another_layout_version_are_replaced() {
+    if !require_bpf() {
+        return;
+    }
+    let pins = PinDir::new();
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let table = format!("{}/CLOSE_WAIT", pins.path());
+    let layout = format!("{}/LAYOUT", pins.path());
+    let value = size_of::<Entry>().to_string();
+    let entries = observer_common::maps::CLOSE_WAIT_MAX_ENTRIES.to_string();
+    for args in [
+        &[
+            "map", "create", &table, "type", "hash", "key", "8", "value", &value,
+        ][..],
+        &[
+            "map", "create", &layout, "type", "array", "key", "4", "value", "4",
+        ],
+    ] {
+        let extra: &[&str] = if args[3] == "hash" {
+            &["entries", &entries, "name", "CLOSE_WAIT", "flags", "1"]
+        } else {
+            &["entries", "1", "name", "LAYOUT"]
+        };
+        let made = Command::new("bpftool")
+            .args(args)
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(made.success(), "bpftool {args:?}");
+    }
+    let set = Command::new("bpftool")
+        .args([
+            "map", "update", "pinned", &layout, "key", "0", "0", "0", "0",
+        ])
+        .args(["value", "99", "0", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(set.success(), "bpftool map update");
+    let agent = Agent::start_pinned(&pins, &[]);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pinned map of another layout removed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("layout version 99, this build's 2"),
+        "{log}"
+    );
+    let map = aya::maps::MapData::from_pin(&layout).unwrap();
+    let stamped: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    assert_eq!(
+        stamped.get(&0, 0).unwrap(),
+        observer_common::maps::LAYOUT_VERSION
+    );
+}

@@ -281,8 +281,13 @@ impl Agent {
     /// Starts `observer agent` pinning its maps in `pins` (shared with a later agent), with a
     /// data dir of its own unless `args` has `--data-dir`.
     pub(crate) fn start_pinned(pins: &PinDir, args: &[&str]) -> Self {
+        Self::start_binary(OBSERVER, pins, args)
+    }
+
+    /// As [`Agent::start_pinned`], running the agent binary `bin` (another build's).
+    pub(crate) fn start_binary(bin: &str, pins: &PinDir, args: &[&str]) -> Self {
         let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
-        let mut cmd = Command::new(OBSERVER);
+        let mut cmd = Command::new(bin);
         cmd.arg("agent")
             .args(["--pin-dir", pins.path(), "--listen", "127.0.0.1:0"])
             .args(args);
