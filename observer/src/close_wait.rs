@@ -308,8 +308,9 @@ impl Tracker {
     fn entries(&self) -> Vec<(u64, CloseWaitEntry)> {
         // In batches: one syscall per 4,096 entries (two per entry through aya's iterator,
         // which remains the fallback before Linux 5.6).
-        crate::map_read::dump(self.map.map())
-            .unwrap_or_else(|_| self.map.iter().filter_map(Result::ok).collect())
+        crate::map_read::all(self.map.map(), || {
+            self.map.iter().filter_map(Result::ok).collect()
+        })
     }
 
     /// Lists the CLOSE_WAIT sockets of every namespace: those the map lacks are tracked from

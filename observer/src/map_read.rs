@@ -122,6 +122,20 @@ pub fn dump<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     }
 }
 
+/// Every entry, by [`dump`], or by `slow` (aya's per-entry iteration) where the kernel has no
+/// batch lookups (before 5.6); none, with a warning, from a map whose sizes are not `K`'s and
+/// `V`'s (the per-entry path would overrun its buffers the same way).
+pub fn all<K: Pod, V: Pod>(map: &MapData, slow: impl FnOnce() -> Vec<(K, V)>) -> Vec<(K, V)> {
+    match dump(map) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "map not read");
+            Vec::new()
+        }
+        Err(_) => slow(),
+    }
+}
+
 /// Deletes `key` and returns its value as it was deleted, so nothing added between an earlier
 /// read and the deletion is lost; `None` when it is absent.
 ///

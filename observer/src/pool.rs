@@ -415,8 +415,9 @@ impl Monitor {
     /// Reads every `FLOWS` entry: counters, histogram and established gauges; deletes idle
     /// entries. Returns each entry's window.
     fn read_flows(&mut self, length: Duration) -> Vec<Seen> {
-        let entries = map_read::dump::<u64, FlowEntry>(self.flows.map())
-            .unwrap_or_else(|_| self.flows.iter().filter_map(Result::ok).collect());
+        let entries = map_read::all::<u64, FlowEntry>(self.flows.map(), || {
+            self.flows.iter().filter_map(Result::ok).collect()
+        });
         let mut next = HashMap::with_capacity(entries.len());
         let mut seen = Vec::with_capacity(entries.len());
         let mut established: BTreeMap<FlowLabels, i64> = BTreeMap::new();
@@ -513,10 +514,11 @@ impl Monitor {
     fn time_wait(&self, listing: &[ports::Netns]) {
         // The whole table in a few syscalls, rather than one lookup per TIME_WAIT socket.
         let closers: foldhash::HashMap<TupleKey, Owner> =
-            map_read::dump::<TupleKey, Owner>(self.closers.map())
-                .unwrap_or_else(|_| self.closers.iter().filter_map(Result::ok).collect())
-                .into_iter()
-                .collect();
+            map_read::all::<TupleKey, Owner>(self.closers.map(), || {
+                self.closers.iter().filter_map(Result::ok).collect()
+            })
+            .into_iter()
+            .collect();
         // Grouped first by what the labels depend on (the closer, and the peer as labelled),
         // so a storm's tens of thousands of TIME_WAIT sockets build one label set per group.
         let mut groups: foldhash::HashMap<(Option<Owner>, SocketAddr), i64> =

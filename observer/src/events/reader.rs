@@ -131,8 +131,9 @@ async fn sweep(
     counters: &Counters,
 ) {
     let now = monotonic_ns();
-    let held = map_read::dump::<u64, RawEvent>(pending.map())
-        .unwrap_or_else(|_| pending.iter().filter_map(Result::ok).collect());
+    let held = map_read::all::<u64, RawEvent>(pending.map(), || {
+        pending.iter().filter_map(Result::ok).collect()
+    });
     for (sk, listed) in held {
         if now.saturating_sub(listed.ts_ns) <= RESET_GIVEN_UP_NS {
             continue;
