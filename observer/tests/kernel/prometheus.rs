@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 
 use super::support::{
-    Agent, OBSERVER, in_netns, own_comm, patience_secs, require_bpf, wait_queued,
+    Agent, OBSERVER, in_netns, own_comm, patience_secs, require_bpf, sample, scrape, wait_queued,
 };
 
 const ABORTS: usize = 7;
@@ -211,11 +211,23 @@ fn prometheus_counts_the_aborts_and_the_cli_finds_them_after_a_restart() {
     assert_eq!(evs.len(), ABORTS, "{evs:#?}");
     let ids: Vec<u64> = evs.iter().map(|e| e["id"].as_u64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
-    let odd: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e["pid"] != std::process::id() || e["role"] != "client")
-        .collect();
-    assert!(odd.is_empty(), "{odd:#?}");
+    assert!(
+        evs.iter().all(|e| e["pid"] == std::process::id()),
+        "{evs:#?}"
+    );
+    // The role comes from the connect's state change: one the kernel skipped (the program was
+    // already running on that CPU, see docs/kernels.md) leaves it unknown, and is counted.
+    let unknown = evs.iter().filter(|e| e["role"] != "client").count();
+    let missed = sample(
+        &scrape(&agent.url),
+        "observer_program_recursion_misses_total",
+        &[("program", "state_btf")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        unknown as f64 <= missed,
+        "{unknown} roles not client, {missed} misses: {evs:#?}"
+    );
     let pid = std::process::id().to_string();
     assert_eq!(
         cli_events(&agent.url, &[&mine[..], &["--pid", &pid]].concat()).len(),
