@@ -7,7 +7,10 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write as _,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -58,6 +61,7 @@ pub fn acquire(data_dir: &Path, pin_dir: &Path) -> Result<Held, Error> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&file_path)
         .map_err(io(&file_path))?;
     lock(&file, &file_path)?;

@@ -11,6 +11,9 @@
 //! A file SQLite finds corrupt at start-up (`PRAGMA quick_check`, or not a database at all) is
 //! moved aside as `events.db.corrupt-<unix seconds>` with its WAL, and a fresh history is
 //! started, so the node stays monitored; the agent logs it and counts it.
+//!
+//! The data dir is made mode 0700 and `events.db` 0600 (its WAL and shared-memory files take
+//! the database's mode): the history names processes, pods and peers.
 
 use std::{
     path::{Path, PathBuf},
@@ -85,10 +88,13 @@ pub struct Store {
 /// Opens `dir/events.db` for writing, creating the directory and the schema, and checks it; a
 /// corrupt file is moved aside and a fresh one created (see the module doc).
 pub fn open(dir: &Path) -> Result<Store, Error> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
-        dir: dir.display().to_string(),
-        source,
-    })?;
+    // The history names processes, pods and peers: the agent's alone to read.
+    std::fs::create_dir_all(dir)
+        .and_then(|()| private(dir, 0o700))
+        .map_err(|source| Error::Dir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
     let file = dir.join("events.db");
     match open_file(&file) {
         Err(Error::Db { source, .. }) if is_corrupt(&source) => {
@@ -111,6 +117,11 @@ fn open_file(file: &Path) -> Result<Store, Error> {
         source,
     };
     let conn = Connection::open(file).map_err(db_err)?;
+    // Before the WAL exists: SQLite gives the WAL and shared-memory files the database's mode.
+    private(file, 0o600).map_err(|source| Error::Dir {
+        dir: file.display().to_string(),
+        source,
+    })?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -140,6 +151,12 @@ fn open_file(file: &Path) -> Result<Store, Error> {
         file: file.to_owned(),
         moved_aside: None,
     })
+}
+
+/// Sets `path`'s permission bits to `mode` (0700 for the data dir, 0600 for the database).
+fn private(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// Whether SQLite's answer means the file is damaged or not a database (not locked, not a

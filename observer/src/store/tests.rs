@@ -340,3 +340,19 @@ mod properties {
 
     const PARAM_NAMES: [&str; 4] = ["after_id", "pid", "limit", "since"];
 }
+
+#[test]
+fn the_history_is_readable_by_the_agent_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let mut store = open(&dir).unwrap();
+    store
+        .append(&mut [event(Kind::RstOnClose, 1, "a", ("10.0.0.1", 1), 1)])
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["events.db", "events.db-wal", "events.db-shm"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
