@@ -8,8 +8,9 @@ use anyhow::{Context as _, Result};
 
 use crate::status;
 
-/// The release before pinned maps carried a layout version.
-const COMMIT: &str = "ff8a17f38d1627afb30311f3a3001bcfc6593272";
+/// The commit before pinned maps carried a layout version (its pins are version 1). The
+/// release before it (ff8a17f) does not load on 6.1, so it cannot be upgraded from there.
+const COMMIT: &str = "5e0c405ea0fb91e322d76f334c75372cdb88c421";
 
 /// The environment variable the kernel tests read.
 pub(crate) const ENV: &str = "OBSERVER_PREVIOUS_RELEASE";
