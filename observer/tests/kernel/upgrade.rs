@@ -1,7 +1,7 @@
-//! A rolling update: the previous release's agent (built by `cargo xtask test` from the
-//! commit `OBSERVER_PREVIOUS_RELEASE` names) tracks sockets in CLOSE_WAIT, stops, and this
-//! build's agent takes over its pins: every socket keeps its true CLOSE_WAIT age, none is a
-//! lower bound, and the pins get this build's layout version.
+//! A rolling update: the previous build's agent (built by `cargo xtask test` from the commit
+//! `xtask/src/previous.rs` names, found through `OBSERVER_PREVIOUS_RELEASE`) tracks sockets in
+//! CLOSE_WAIT, stops, and this build's agent takes over its pins: every socket keeps its true
+//! CLOSE_WAIT age, none is a lower bound, and the pins get this build's layout version.
 
 use std::{
     net::{TcpListener, TcpStream},
