@@ -10,7 +10,7 @@ use crate::status;
 
 /// The commit before pinned maps carried a layout version (its pins are version 1). The
 /// release before it (ff8a17f) does not load on 6.1, so it cannot be upgraded from there.
-const COMMIT: &str = "5e0c405ea0fb91e322d76f334c75372cdb88c421";
+const COMMIT: &str = "fcbd6c27a3af846eec5ac130b160956adda35767";
 
 /// The environment variable the kernel tests read.
 pub(crate) const ENV: &str = "OBSERVER_PREVIOUS_RELEASE";
