@@ -14,6 +14,12 @@ use observer_common::event::CloseWaitEntry as Entry;
 
 use super::support::{Agent, OBSERVER, PinDir, in_netns, of_kind, patience_secs, require_bpf};
 
+/// Runs `bpftool` with `args`, which must succeed (the maps the tests pin by hand).
+fn bpftool(args: &[&str]) {
+    let ok = Command::new("bpftool").args(args).status().unwrap();
+    assert!(ok.success(), "bpftool {args:?}");
+}
+
 /// CLOSE_WAIT leaks made after the second agent and the check.
 const LEAKS: usize = 5;
 
@@ -98,14 +104,23 @@ fn a_pinned_table_of_another_layout_is_replaced_not_misread() {
     let pins = PinDir::new();
     std::fs::create_dir_all(pins.path()).unwrap();
     let stale = format!("{}/CLOSE_WAIT", pins.path());
-    let made = Command::new("bpftool")
-        .args([
-            "map", "create", &stale, "type", "hash", "key", "8", "value", "128",
-        ])
-        .args(["entries", "1024", "name", "CLOSE_WAIT", "flags", "1"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "bpftool map create");
+    bpftool(&[
+        "map",
+        "create",
+        &stale,
+        "type",
+        "hash",
+        "key",
+        "8",
+        "value",
+        "128",
+        "entries",
+        "1024",
+        "name",
+        "CLOSE_WAIT",
+        "flags",
+        "1",
+    ]);
     let agent = Agent::start_pinned(&pins, &["--close-wait-threshold", "1s"]);
     let (ns, held) = in_netns(|ns| {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -149,14 +164,21 @@ fn map_reads_check_the_kernels_value_size() {
     let pins = PinDir::new();
     std::fs::create_dir_all(pins.path()).unwrap();
     let path = format!("{}/CLOSE_WAIT", pins.path());
-    let made = Command::new("bpftool")
-        .args([
-            "map", "create", &path, "type", "hash", "key", "8", "value", "128",
-        ])
-        .args(["entries", "16", "name", "CLOSE_WAIT"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "bpftool map create");
+    bpftool(&[
+        "map",
+        "create",
+        &path,
+        "type",
+        "hash",
+        "key",
+        "8",
+        "value",
+        "128",
+        "entries",
+        "16",
+        "name",
+        "CLOSE_WAIT",
+    ]);
     let map = aya::maps::MapData::from_pin(&path).unwrap();
     let e = observer::map_read::dump::<u64, Entry>(&map).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
@@ -187,34 +209,30 @@ fn pins_of_another_layout_version_are_replaced() {
     let layout = format!("{}/LAYOUT", pins.path());
     let value = size_of::<Entry>().to_string();
     let entries = observer_common::maps::CLOSE_WAIT_MAX_ENTRIES.to_string();
-    for args in [
-        &[
-            "map", "create", &table, "type", "hash", "key", "8", "value", &value,
-        ][..],
-        &[
-            "map", "create", &layout, "type", "array", "key", "4", "value", "4",
-        ],
-    ] {
-        let extra: &[&str] = if args[3] == "hash" {
-            &["entries", &entries, "name", "CLOSE_WAIT", "flags", "1"]
-        } else {
-            &["entries", "1", "name", "LAYOUT"]
-        };
-        let made = Command::new("bpftool")
-            .args(args)
-            .args(extra)
-            .status()
-            .unwrap();
-        assert!(made.success(), "bpftool {args:?}");
-    }
-    let set = Command::new("bpftool")
-        .args([
-            "map", "update", "pinned", &layout, "key", "0", "0", "0", "0",
-        ])
-        .args(["value", "99", "0", "0", "0"])
-        .status()
-        .unwrap();
-    assert!(set.success(), "bpftool map update");
+    bpftool(&[
+        "map",
+        "create",
+        &table,
+        "type",
+        "hash",
+        "key",
+        "8",
+        "value",
+        &value,
+        "entries",
+        &entries,
+        "name",
+        "CLOSE_WAIT",
+        "flags",
+        "1",
+    ]);
+    bpftool(&[
+        "map", "create", &layout, "type", "array", "key", "4", "value", "4", "entries", "1",
+        "name", "LAYOUT",
+    ]);
+    bpftool(&[
+        "map", "update", "pinned", &layout, "key", "0", "0", "0", "0", "value", "99", "0", "0", "0",
+    ]);
     let agent = Agent::start_pinned(&pins, &[]);
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
