@@ -489,8 +489,9 @@ impl Drop for Nginx {
     }
 }
 
-/// `wrk` for 2 s with 8 connections; `Connection: close` when not `keep_alive`.
-fn wrk(port: u16, keep_alive: bool) {
+/// `wrk` for 2 s with 8 connections; `Connection: close` when not `keep_alive`. Returns its
+/// report (requests, socket errors).
+fn wrk(port: u16, keep_alive: bool) -> String {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c8", "-d2s"]);
     if !keep_alive {
@@ -501,6 +502,7 @@ fn wrk(port: u16, keep_alive: bool) {
         .output()
         .expect("wrk (Debian package)");
     assert!(out.status.success(), "wrk: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -511,11 +513,11 @@ fn wrk_against_nginx_shows_keep_alive_in_the_series() {
     let agent = Agent::start(&["--pool-interval", "1s", "--churn-rate", "100"]);
     let (kept, closed) = (24_007, 24_008);
     let ns = Worker::new();
-    let nginx = ns.run(move || {
+    let (nginx, report) = ns.run(move || {
         let nginx = Nginx::start(&[kept, closed]);
-        wrk(kept, true);
+        let report = wrk(kept, true);
         wrk(closed, false);
-        nginx
+        (nginx, report)
     });
     // The 8 keep-alive connections close when wrk exits: wait for those closes.
     let text = wait_metrics(
@@ -545,7 +547,7 @@ fn wrk_against_nginx_shows_keep_alive_in_the_series() {
     // Keep-alive: wrk's 8 connections (plus at most a few reconnects).
     assert!(
         opened("127.0.0.1:24007") <= 16.0,
-        "{}",
+        "{} connections for wrk's 8 kept alive; wrk:\n{report}",
         opened("127.0.0.1:24007")
     );
     // Connection: close: one connection per request.

@@ -305,10 +305,16 @@ impl Agent {
         let err = child.stderr.take().unwrap();
         let s = shared.clone();
         thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
+            let mut out = BufReader::new(out);
+            let mut line = String::new();
+            while matches!(out.read_line(&mut line), Ok(n) if n > 0) {
+                // A last line without its newline was cut short by a SIGKILL: not an event.
+                if !line.ends_with('\n') {
+                    break;
+                }
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                line.clear();
                 let ns = v["netns"].as_u64().unwrap();
                 let (m, cv) = &*s;
                 m.lock().unwrap().by_netns.entry(ns).or_default().push(v);
@@ -411,6 +417,20 @@ impl Agent {
     /// Sends SIGTERM and waits; returns the exit status and everything it logged.
     pub(crate) fn stop(mut self) -> (ExitStatus, String) {
         let status = self.terminate();
+        (status, self.log())
+    }
+
+    /// Kills the agent with SIGKILL (no clean-up of any kind) and waits for it; returns the exit
+    /// status and everything it logged.
+    pub(crate) fn kill(mut self) -> (ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let status = self.child.wait().unwrap();
+        (status, self.log())
+    }
+
+    /// Everything the agent logged so far, or until it exited.
+    fn log(&self) -> String {
         let (m, cv) = &*self.shared;
         let g = cv
             .wait_timeout_while(m.lock().unwrap(), patience(Duration::from_secs(10)), |g| {
@@ -418,14 +438,7 @@ impl Agent {
             })
             .unwrap()
             .0;
-        (status, g.stderr.join("\n"))
-    }
-
-    /// Kills the agent with SIGKILL (no clean-up of any kind) and waits for it.
-    pub(crate) fn kill(mut self) -> ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        self.child.wait().unwrap()
+        g.stderr.join("\n")
     }
 
     fn terminate(&mut self) -> ExitStatus {
