@@ -16,6 +16,10 @@ pub enum Kind {
     LingerAbort = 2,
     /// A socket reported as a CLOSE_WAIT leak (or found in CLOSE_WAIT at start-up) left it.
     CloseWaitResolved = 3,
+    /// An RST arrived on a synchronized connection (`tcp:tcp_receive_reset`): the peer reset it.
+    ResetReceived = 4,
+    /// An RST answered a `connect()` (`SYN_SENT`): refused. Counted by userspace, not stored.
+    ConnectRefused = 5,
 }
 
 /// Which side opened the connection, as observer saw it.
@@ -35,7 +39,7 @@ pub const NO_RST_REASON: u32 = u32::MAX;
 /// `bytes_sent` when the kernel has no `tcp_sock.bytes_sent`.
 pub const UNKNOWN_BYTES: u64 = u64::MAX;
 
-/// One detected anomaly on one socket, written by the programs (128 bytes).
+/// One detected anomaly on one socket, written by the programs (160 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawEvent {
@@ -84,8 +88,17 @@ pub struct RawEvent {
     pub close_wait_ns: u64,
     /// CLOCK_MONOTONIC time of the owner's last consuming read, 0 if none was seen.
     pub last_read_ns: u64,
+    /// `reset_received`: bytes written and not yet acknowledged (`write_seq - snd_una`), which
+    /// the reset discards. 0 for other kinds.
+    pub unsent_bytes: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+    /// `reset_received` of a socket whose owner the programs never recorded (accepted, never
+    /// read while the read hook ran; `pid` is then its listener's, or 0): the inode of its
+    /// file, for userspace to find the process holding it. 0 otherwise.
+    pub inode: u64,
 }
-const _: () = assert!(core::mem::size_of::<RawEvent>() == 144);
+const _: () = assert!(core::mem::size_of::<RawEvent>() == 160);
 
 /// Per-socket state, recorded when the owner touches the socket in process context (112 bytes).
 #[repr(C)]
@@ -157,11 +170,18 @@ pub enum Stat {
     /// `CLOSE_WAIT` entry: the promotion never reached them (their network namespace had no
     /// task for the agent to enter), so no leak could be reported.
     CloseWaitUnpromoted = 8,
+    /// `reset_received` events lost because the ring buffer was full.
+    LostResetReceived = 9,
+    /// Refused connects not counted because the ring buffer was full.
+    LostConnectRefused = 10,
+    /// Sockets handed over to TIME_WAIT whose first closer was not recorded because the
+    /// `CLOSERS` map was full: counted in TIME_WAIT under no workload.
+    ClosersFull = 11,
 }
 
 impl Stat {
     /// Number of counters in `STATS`.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::LostRstOnClose,
@@ -173,6 +193,9 @@ impl Stat {
         Self::CloseWaitFull,
         Self::FlowsFull,
         Self::CloseWaitUnpromoted,
+        Self::LostResetReceived,
+        Self::LostConnectRefused,
+        Self::ClosersFull,
     ];
 
     /// The ring-buffer drop counter for events of `kind`.
@@ -181,6 +204,8 @@ impl Stat {
             Kind::RstOnClose => Self::LostRstOnClose,
             Kind::LingerAbort => Self::LostLingerAbort,
             Kind::CloseWaitResolved => Self::LostCloseWaitResolved,
+            Kind::ResetReceived => Self::LostResetReceived,
+            Kind::ConnectRefused => Self::LostConnectRefused,
         }
     }
 }

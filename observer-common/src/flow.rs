@@ -234,32 +234,6 @@ pub struct TupleKey {
 }
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 
-impl TupleKey {
-    /// The key a socket's first closer is recorded under in `CLOSERS`: without the
-    /// connection's ephemeral port (a client's local port, a server's peer port), so all the
-    /// connections an owner closes first between one local address and one peer endpoint share
-    /// one entry, however many of them wait in TIME_WAIT. A socket of unknown role keeps both.
-    #[must_use]
-    pub const fn for_closer(mut self, role: u8) -> Self {
-        if role == crate::event::Role::Client as u8 {
-            self.sport = 0;
-        } else if role == crate::event::Role::Server as u8 {
-            self.dport = 0;
-        }
-        self
-    }
-
-    /// The keys a listed TIME_WAIT socket's closer may be recorded under, most specific first
-    /// (see [`Self::for_closer`]).
-    #[must_use]
-    pub const fn closer_candidates(self) -> [Self; 3] {
-        let (mut client, mut server) = (self, self);
-        client.sport = 0;
-        server.dport = 0;
-        [self, client, server]
-    }
-}
-
 /// A process that owned a socket, recorded in its own context (32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -277,39 +251,22 @@ pub struct Owner {
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 
+/// The first closer of one socket, recorded as it is handed over to TIME_WAIT (40 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Closer {
+    /// Who closed first.
+    pub owner: Owner,
+    /// CLOCK_MONOTONIC time of the hand-over: userspace deletes an entry whose socket a
+    /// listing begun after it no longer shows in TIME_WAIT.
+    pub closed_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Closer>() == 40);
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::Role;
-
-    #[test]
-    fn a_closer_is_found_under_the_key_it_was_recorded_with() {
-        let tuple = TupleKey {
-            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            netns: 7,
-            sport: 40_000,
-            dport: 443,
-        };
-        let client = tuple.for_closer(Role::Client as u8);
-        assert_eq!((client.sport, client.dport), (0, 443));
-        let server = tuple.for_closer(Role::Server as u8);
-        assert_eq!((server.sport, server.dport), (40_000, 0));
-        assert_eq!(tuple.for_closer(Role::Unknown as u8), tuple);
-        for role in [Role::Client, Role::Server, Role::Unknown] {
-            assert!(
-                tuple
-                    .closer_candidates()
-                    .contains(&tuple.for_closer(role as u8))
-            );
-        }
-        // Another connection of the same client to the same peer shares the entry.
-        let next = TupleKey {
-            sport: 40_001,
-            ..tuple
-        };
-        assert_eq!(next.for_closer(Role::Client as u8), client);
-    }
 
     #[test]
     fn every_field_moves_the_id() {

@@ -99,5 +99,11 @@ pub struct Offsets {
     /// addr_len)`, 5 (5.19+) or 6 (before, with `nonblock`): the fexit program reads `flags`
     /// at 2 below this and the return value at this index. [`ABSENT`] otherwise.
     pub fexit_recv_args: u32,
+    /// `tcp_sock.write_seq` (u32).
+    pub tcp_write_seq: u32,
+    /// `tcp_sock.snd_una` (u32).
+    pub tcp_snd_una: u32,
+    /// Classic tracepoint `tcp/tcp_receive_reset`: `skaddr`.
+    pub tp_rcv_reset_skaddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 43 * 4);

@@ -14,9 +14,11 @@ pub mod tcp;
 pub mod maps {
     /// Ring buffer carrying [`crate::event::RawEvent`]s to userspace.
     pub const EVENTS: &str = "EVENTS";
-    /// Size of [`EVENTS`] in bytes: about 29,000 events, a second and more of aborts at the
-    /// highest rate measured, so a reader delayed by a busy machine loses nothing.
-    pub const EVENTS_BYTES: u32 = 4 << 20;
+    /// Size of [`EVENTS`] in bytes: about 49,000 events (168 bytes each with the ring's
+    /// header), a second and more of aborts at the highest rate measured together with the
+    /// `reset_received` each causes on the node, so a reader delayed by a busy machine loses
+    /// nothing.
+    pub const EVENTS_BYTES: u32 = 8 << 20;
     /// Per-CPU high-water mark of bytes waiting in [`EVENTS`], reset by userspace as it reads.
     pub const EVENTS_FILL: &str = "EVENTS_FILL";
     /// Per-CPU counters indexed by [`crate::event::Stat`].
@@ -65,12 +67,12 @@ pub mod maps {
     pub const FLOWS_MAX_ENTRIES: u32 = 16_384;
     /// Listening sockets' owners, to attribute the connections they accept.
     pub const LISTENERS: &str = "LISTENERS";
-    /// Owners of sockets that closed first (and so hold the TIME_WAIT), by tuple without the
-    /// ephemeral port.
+    /// Owners of sockets that closed first (and so hold the TIME_WAIT), one per socket.
     pub const CLOSERS: &str = "CLOSERS";
-    /// Capacity of [`CLOSERS`]: local address and peer endpoint pairs (LRU: the pairs not
-    /// closed on for longest are forgotten first).
-    pub const CLOSERS_MAX_ENTRIES: u32 = 65_536;
+    /// Capacity of [`CLOSERS`]: sockets in TIME_WAIT, which lasts 60 s, so about 4,300 first
+    /// closes a second on a node. Entries are allocated as needed (about 100 bytes each); a
+    /// full map is counted (`ClosersFull`).
+    pub const CLOSERS_MAX_ENTRIES: u32 = 262_144;
 }
 
 /// Name of the global that carries [`layout::Offsets`] into the programs.

@@ -24,6 +24,24 @@ pub const LISTEN: i32 = 10;
 /// `TCP_CLOSING`
 pub const CLOSING: i32 = 11;
 
+/// The name of a TCP state as `ss` prints it, lower-case with underscores (`close_wait`).
+pub const fn state_name(state: i32) -> &'static str {
+    match state {
+        ESTABLISHED => "established",
+        SYN_SENT => "syn_sent",
+        SYN_RECV => "syn_recv",
+        FIN_WAIT1 => "fin_wait1",
+        FIN_WAIT2 => "fin_wait2",
+        TIME_WAIT => "time_wait",
+        CLOSE => "close",
+        CLOSE_WAIT => "close_wait",
+        LAST_ACK => "last_ack",
+        LISTEN => "listen",
+        CLOSING => "closing",
+        _ => "unknown",
+    }
+}
+
 /// `AF_INET`
 pub const AF_INET: u16 = 2;
 /// `AF_INET6`

@@ -51,6 +51,8 @@ pub(crate) fn event<C: EbpfContext>(ctx: &C, ev: &RawEvent) {
         let stat = match ev.kind {
             k if k == Kind::LingerAbort as u8 => Stat::lost(Kind::LingerAbort),
             k if k == Kind::CloseWaitResolved as u8 => Stat::lost(Kind::CloseWaitResolved),
+            k if k == Kind::ResetReceived as u8 => Stat::lost(Kind::ResetReceived),
+            k if k == Kind::ConnectRefused as u8 => Stat::lost(Kind::ConnectRefused),
             _ => Stat::lost(Kind::RstOnClose),
         };
         count(ctx, stat);
@@ -81,6 +83,9 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
             Stat::CloseWaitUnpromoted => {
                 "socket left CLOSE_WAIT after a minute never promoted (namespace not entered)"
             }
+            Stat::LostResetReceived => "ring buffer full, reset_received events lost",
+            Stat::LostConnectRefused => "ring buffer full, refused connects not counted",
+            Stat::ClosersFull => "CLOSERS map full, TIME_WAIT sockets unattributed",
         };
         warn!(ctx, "{} (now {} on this cpu)", what, n);
     }

@@ -8,7 +8,7 @@
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use observer_common::{
     event::{Role, SOCK_COUNTED, SockState, Stat},
-    flow::{FlowEntry, FlowKey, FlowStats, ListenKey, Owner, TupleKey, lifetime_bucket},
+    flow::{Closer, FlowEntry, FlowKey, FlowStats, ListenKey, Owner, TupleKey, lifetime_bucket},
     tcp,
 };
 
@@ -167,23 +167,22 @@ pub(crate) fn close<C: EbpfContext, const B: bool>(
             netns: ends.netns,
             sport: ends.sport,
             dport: ends.dport,
-        }
-        .for_closer(st.role);
-        let owner = Owner {
-            cgroup_id: st.cgroup_id,
-            comm: st.comm,
-            pid: st.pid,
-            role: st.role,
-            _pad: [0; 3],
         };
-        // Mostly the same owner as the last connection to the same peer: a lookup, no insert
-        // (an LRU insert takes a free node, or evicts one, and frees the one it replaces).
-        // SAFETY: LRU entry, compared at once.
-        if unsafe { CLOSERS.get(key) }.is_some_and(|known| *known == owner) {
-            return Ok(());
+        let closer = Closer {
+            owner: Owner {
+                cgroup_id: st.cgroup_id,
+                comm: st.comm,
+                pid: st.pid,
+                role: st.role,
+                _pad: [0; 3],
+            },
+            // Softirq, processing the peer's FIN (or the last ACK of a simultaneous close).
+            closed_ns: tcp.refreshed_now_ns(),
+        };
+        // Any flag: an entry left by an earlier socket of the same tuple is replaced.
+        if CLOSERS.insert(key, closer, 0).is_err() {
+            emit::count(ctx, Stat::ClosersFull);
         }
-        // LRU: the closers not seen for the longest (whose TIME_WAIT has expired) go first.
-        let _ = CLOSERS.insert(key, owner, 0);
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! * `sock_state` — `sock:inet_sock_set_state`: owners, roles, abort detection.
 //! * `flows` — connection counts per owner and peer, listeners' and first closers' owners.
 //! * `tcp_reset` — `tcp:tcp_send_reset`: adds the kernel's RST reason to a pending abort, emits it.
+//! * `reset_received` — `tcp:tcp_receive_reset`: the victim's side of a reset, refused connects.
 //! * `sock_recv` — `sock:sock_recv_length` (or `tcp_recvmsg`): owner and last read.
 //! * `runtime` — the panic handler and license (shared with the `floor` object).
 //!
@@ -37,6 +38,7 @@ mod close_wait;
 mod emit;
 mod flows;
 mod maps;
+mod reset_received;
 mod runtime;
 mod sock;
 mod sock_recv;

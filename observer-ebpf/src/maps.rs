@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::{CloseWaitEntry, Config, RawEvent, SockState, Stat},
-    flow::{FlowEntry, ListenKey, Owner, TupleKey},
+    flow::{Closer, FlowEntry, ListenKey, Owner, TupleKey},
     layout::Offsets,
     maps::{CLOSERS_MAX_ENTRIES, FLOWS_MAX_ENTRIES},
 };
@@ -38,7 +38,8 @@ pub(crate) fn load(field: *const u32) -> u32 {
 }
 
 /// Anomalies for userspace. Written: `emit::event`. Read: the agent's ring-buffer reader.
-/// 4 MiB holds ~29,000 events: over a second of aborts at the highest rate measured.
+/// 8 MiB holds ~49,000 events: over a second of aborts at the highest rate measured, with
+/// the reset each causes when both ends are on the node.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(observer_common::maps::EVENTS_BYTES, 0);
 
@@ -226,11 +227,12 @@ pub(crate) static FLOW_NEW: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entri
 #[map]
 pub(crate) static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
 
-/// Tuple without the ephemeral port (`TupleKey::for_closer`) -> owner of the sockets that
-/// closed first there, recorded at their hand-over to TIME_WAIT. Inserted: `flows::close`,
-/// only when the owner there changed. Read: the agent, for each TIME_WAIT socket `sock_diag`
-/// lists. LRU: the pairs no socket closed on for longest (their TIME_WAIT long expired) go
-/// first.
+/// Tuple of a socket handed over to TIME_WAIT -> its first closer and when. Inserted:
+/// `flows::close`, one entry per socket, so several processes closing first between one local
+/// address and one peer each keep their own. Deleted: the agent, for entries whose socket a
+/// listing begun after the hand-over no longer shows in TIME_WAIT. Read: the agent, for each
+/// TIME_WAIT socket `sock_diag` lists. Not LRU: a full map is counted (`ClosersFull`), never
+/// an eviction that would rename a socket; entries are allocated as needed.
 #[map]
-pub(crate) static CLOSERS: LruHashMap<TupleKey, Owner> =
-    LruHashMap::with_max_entries(CLOSERS_MAX_ENTRIES, 0);
+pub(crate) static CLOSERS: HashMap<TupleKey, Closer> =
+    HashMap::with_max_entries(CLOSERS_MAX_ENTRIES, BPF_F_NO_PREALLOC);

@@ -33,11 +33,14 @@ pub(crate) enum Hook {
     Read = 1,
     /// `close_wait::promote`, the TCP iterator.
     Promote = 2,
+    /// `reset_received`, which runs in softirq or in the owner's `release_sock()` and may
+    /// interrupt (or be interrupted by) the others.
+    Reset = 3,
 }
 
 impl Hook {
     /// Entries of `WORD`.
-    pub(crate) const COUNT: u32 = 3;
+    pub(crate) const COUNT: u32 = 4;
 }
 
 /// `SockState` of `sk`: its slot's, else its overflow entry's, if it has either.

@@ -20,7 +20,7 @@ use crate::{
     close_wait::{self, Tracker},
     config::AgentArgs,
     enrich::{self, Enricher},
-    events::{decode::Decoder, reader},
+    events::{decode::Decoder, link, reader},
     host,
     layout::Layout,
     metrics::{self, Deltas, Peers, SelfMetrics},
@@ -231,6 +231,7 @@ async fn serve_api(
 /// thread -> sink thread.
 struct Pipeline {
     reader: tokio::task::JoinHandle<std::io::Result<()>>,
+    link: tokio::task::JoinHandle<()>,
     tracker: tokio::task::JoinHandle<()>,
     pool: std::thread::JoinHandle<()>,
     pool_stop: std::sync::mpsc::Sender<()>,
@@ -251,7 +252,9 @@ impl Pipeline {
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
+        let (linked_tx, linked_rx) = mpsc::channel(CHANNEL);
         let (tx, rx) = mpsc::channel(CHANNEL);
+        let link_metrics = sink.metrics.link.clone();
         let sink = std::thread::Builder::new()
             .name("observer-sink".to_owned())
             .spawn(move || sink.run(rx, std::io::stdout()))
@@ -261,7 +264,8 @@ impl Pipeline {
             .context("starting the pool monitor thread")?;
         Ok(Self {
             reader: tokio::spawn(reader::run(ring, pending, decoder, raw_tx, counters, stop)),
-            tracker: tokio::spawn(close_wait::run(tracker, raw_rx, tx)),
+            link: tokio::spawn(link::run(raw_rx, linked_tx, link_metrics)),
+            tracker: tokio::spawn(close_wait::run(tracker, linked_rx, tx)),
             pool,
             pool_stop,
             sink,
@@ -271,6 +275,7 @@ impl Pipeline {
     /// Waits for each stage to drain, in order (the reader closes the first channel).
     async fn finish(self) -> anyhow::Result<()> {
         self.reader.await.context("reader task")??;
+        self.link.await.context("link task")?;
         self.tracker.await.context("close_wait task")?;
         let _ = self.pool_stop.send(());
         // A scan in progress finishes first (a few milliseconds to a second on a busy node).

@@ -39,7 +39,7 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
     let _ = writeln!(out, "\nattach plan:");
     let _ = writeln!(
         out,
-        "  {:<13} {:<9} {:<15} {:<22} refused",
+        "  {:<16} {:<9} {:<15} {:<22} refused",
         "purpose", "required", "type", "hook"
     );
     for p in probes.plan() {
@@ -55,7 +55,7 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
         };
         let _ = writeln!(
             out,
-            "  {:<13} {:<9} {:<15} {:<22} {}",
+            "  {:<16} {:<9} {:<15} {:<22} {}",
             p.purpose,
             if p.required { "yes" } else { "no" },
             ty,

@@ -157,7 +157,8 @@ pub struct ProbeArgs {
     )]
     pub hook_types: Vec<HookType>,
 
-    /// Optional probes not to attach (comma-separated: reads, reset_reason). Without `reads`
+    /// Optional probes not to attach (comma-separated: reads, reset_reason, resets_received;
+    /// without `resets_received` there are no `reset_received` events). Without `reads`
     /// no program ever runs on recvmsg, not even while a socket waits in CLOSE_WAIT (see
     /// `--read-hook`): owners come from connect, listen and close only, events carry no
     /// last-read time, and a CLOSE_WAIT leak's unread bytes are those when it was found.
@@ -166,7 +167,7 @@ pub struct ProbeArgs {
         env = "OBSERVER_SKIP_PROBES",
         value_name = "PROBES",
         value_delimiter = ',',
-        value_parser = ["reads", "reset_reason"]
+        value_parser = ["reads", "reset_reason", "resets_received"]
     )]
     pub skip_probes: Vec<String>,
 

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::Serialize;
 
 pub mod decode;
+pub mod link;
 pub mod reader;
 
 /// What an event reports.
@@ -30,13 +31,20 @@ pub enum Kind {
     ConnectionExplosion,
     /// Connections from one source address to one destination use most ephemeral ports.
     PortPressure,
+    /// An RST arrived on an established (or closing) connection: the peer reset it, and the
+    /// owner's next read or write fails with `ECONNRESET`.
+    ResetReceived,
+    /// An RST answered a `connect()`: refused. Counted per workload and peer
+    /// (`observer_connects_refused_total`), never stored: not in [`Kind::ALL`].
+    ConnectRefused,
 }
 
 impl Kind {
     /// Every kind, in the order they are documented.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::RstOnClose,
         Self::LingerAbort,
+        Self::ResetReceived,
         Self::CloseWaitLeak,
         Self::CloseWaitResolved,
         Self::ConnectionChurn,
@@ -54,6 +62,8 @@ impl Kind {
             Self::ConnectionChurn => "connection_churn",
             Self::ConnectionExplosion => "connection_explosion",
             Self::PortPressure => "port_pressure",
+            Self::ResetReceived => "reset_received",
+            Self::ConnectRefused => "connect_refused",
         }
     }
 
@@ -156,10 +166,33 @@ pub struct Event {
     pub close_wait_lower_bound: Option<bool>,
     /// The kernel's RST reason, where it reports one.
     pub rst_reason: Option<String>,
+    /// `reset_received`: the TCP state the reset found (`established`, `close_wait`, ...).
+    pub state: Option<&'static str>,
+    /// `reset_received`: bytes written and not yet acknowledged, which the reset discards.
+    pub unsent_bytes: Option<u32>,
+    /// The other end's owner, when both ends are sockets on this node and the reset was
+    /// linked (`rst_on_close` and `linger_abort` name the victim, `reset_received` the closer).
+    pub peer_pid: Option<u32>,
+    /// The other end's command name, with `peer_pid`.
+    pub peer_comm: Option<String>,
+    /// The other end's container name, with `peer_pid`, inside pods.
+    pub peer_container: Option<String>,
+    /// The other end's pod, with `peer_pid`, inside pods.
+    pub peer_pod: Option<String>,
+    /// The other end's pod namespace, with `peer_pid`, inside pods.
+    pub peer_namespace: Option<String>,
     /// One plain-language sentence on the likely cause.
     pub hint: String,
     /// Pool-health events: the figures that triggered them; null for other kinds.
     pub figures: Option<Figures>,
+    /// The other end's event, as the linker found it (not serialized): the sink attributes it
+    /// and fills the `peer_*` fields and the hint from it.
+    #[serde(skip)]
+    pub linked: Option<link::Linked>,
+    /// Inode of the socket's file when the programs did not know its owner (`pid` 0), for the
+    /// sink to find it (not serialized); 0 otherwise.
+    #[serde(skip)]
+    pub inode: u64,
 }
 
 impl Event {
@@ -193,8 +226,17 @@ impl Event {
             last_read_ms_ago: None,
             close_wait_lower_bound: None,
             rst_reason: None,
+            state: None,
+            unsent_bytes: None,
+            peer_pid: None,
+            peer_comm: None,
+            peer_container: None,
+            peer_pod: None,
+            peer_namespace: None,
             hint: String::new(),
             figures: None,
+            linked: None,
+            inode: 0,
         }
     }
 }

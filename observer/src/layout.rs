@@ -74,6 +74,8 @@ impl Layout {
             inet_sport: f("inet_sock", "inet_sport", 2)?,
             tcp_rcv_nxt: f("tcp_sock", "rcv_nxt", 4)?,
             tcp_copied_seq: f("tcp_sock", "copied_seq", 4)?,
+            tcp_write_seq: f("tcp_sock", "write_seq", 4)?,
+            tcp_snd_una: f("tcp_sock", "snd_una", 4)?,
             tcp_bytes_received: f("tcp_sock", "bytes_received", 8)?,
             // Added in 5.5: optional, reported as null where absent.
             tcp_bytes_sent: f("tcp_sock", "bytes_sent", 8).unwrap_or(ABSENT),
@@ -147,6 +149,8 @@ impl Layout {
             ("inode.i_ino", o.inode_ino),
             ("tcp_sock.rcv_nxt", o.tcp_rcv_nxt),
             ("tcp_sock.copied_seq", o.tcp_copied_seq),
+            ("tcp_sock.write_seq", o.tcp_write_seq),
+            ("tcp_sock.snd_una", o.tcp_snd_una),
             ("tcp_sock.bytes_received", o.tcp_bytes_received),
             ("tcp_sock.bytes_sent", o.tcp_bytes_sent),
             ("tcp_sock.tcp_mstamp", o.tcp_mstamp),

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     enrich::Enricher,
-    events::{Event, Kind},
+    events::{Event, Kind, link},
     metrics::{PeerSeries, Peers, SelfMetrics, Totals, WorkloadPeer},
+    owners,
     store::Store,
 };
 
@@ -35,16 +36,24 @@ pub struct Metrics {
     rst_on_close: PeerSeries<WorkloadPeer, Counter>,
     linger_abort: PeerSeries<WorkloadPeer, Counter>,
     close_wait_leaks: PeerSeries<WorkloadPeer, Counter>,
+    resets_received: PeerSeries<WorkloadPeer, Counter>,
+    connects_refused: PeerSeries<WorkloadPeer, Counter>,
+    /// The linking stage's counters, registered here with the other event counters.
+    pub link: link::Metrics,
 }
 
 impl Metrics {
     /// Registers `observer_rst_on_close_total`, `observer_linger_abort_total` and
-    /// `observer_close_wait_leaks_total`.
+    /// `observer_close_wait_leaks_total`, `observer_resets_received_total` and
+    /// `observer_connects_refused_total`.
     pub fn register(registry: &mut Registry, peers: &Peers) -> Self {
         let m = Self {
             rst_on_close: PeerSeries::new(peers),
             linger_abort: PeerSeries::new(peers),
             close_wait_leaks: PeerSeries::new(peers),
+            resets_received: PeerSeries::new(peers),
+            connects_refused: PeerSeries::new(peers),
+            link: link::Metrics::register(registry),
         };
         registry.register(
             "rst_on_close",
@@ -61,6 +70,17 @@ impl Metrics {
             "Sockets that stayed in CLOSE_WAIT longer than the threshold",
             m.close_wait_leaks.family(),
         );
+        registry.register(
+            "resets_received",
+            "RSTs received on established or closing connections: the workload's next read or \
+             write failed with ECONNRESET",
+            m.resets_received.family(),
+        );
+        registry.register(
+            "connects_refused",
+            "connect() calls answered with RST (nothing listening, or a full backlog)",
+            m.connects_refused.family(),
+        );
         m
     }
 
@@ -69,6 +89,8 @@ impl Metrics {
             Kind::RstOnClose => &self.rst_on_close,
             Kind::LingerAbort => &self.linger_abort,
             Kind::CloseWaitLeak => &self.close_wait_leaks,
+            Kind::ResetReceived => &self.resets_received,
+            Kind::ConnectRefused => &self.connects_refused,
             // Pool-health events are summaries of series exported as they are measured.
             Kind::CloseWaitResolved
             | Kind::ConnectionChurn
@@ -117,6 +139,7 @@ impl Sink {
             while let Ok(e) = rx.try_recv() {
                 batch.push(e);
             }
+            find_owners(&mut batch);
             {
                 // Short: cache hits, or one rate-limited rescan; no await here (a thread).
                 let mut enricher = self
@@ -125,7 +148,22 @@ impl Sink {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for e in &mut batch {
                     enricher.apply(e);
+                    if let Some(l) = &e.linked {
+                        let peer = enricher.lookup(l.cgroup_id);
+                        link::describe(e, peer);
+                    }
                 }
+            }
+            // Refused connects are counted, never stored or logged.
+            batch.retain(|e| {
+                let refused = e.kind == Kind::ConnectRefused;
+                if refused {
+                    self.metrics.count(&self.peers, e);
+                }
+                !refused
+            });
+            if batch.is_empty() {
+                continue;
             }
             if let Err(e) = self.store.append(&mut batch) {
                 self.self_metrics.lost("store_error", batch.len() as u64);
@@ -178,6 +216,36 @@ impl Sink {
     }
 }
 
+/// Owners the programs did not record (a reset received on an accepted socket never read
+/// while the read hook ran: the event has the listener's owner, or none, and the socket's
+/// inode), the events' own and their linked ends', found with one walk of `/proc` for the
+/// whole batch. A socket its owner closed meanwhile keeps what the programs had.
+fn find_owners(batch: &mut [Event]) {
+    let unknown = |inode: u64| (inode != 0).then_some(inode);
+    let wanted: std::collections::HashSet<u64> = batch
+        .iter()
+        .flat_map(|e| {
+            let linked = e.linked.as_ref().and_then(|l| unknown(l.inode));
+            [unknown(e.inode), linked]
+        })
+        .flatten()
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let found = owners::find(std::path::Path::new("/proc"), &wanted);
+    for e in batch {
+        if let Some(o) = unknown(e.inode).and_then(|i| found.get(&i)) {
+            (e.pid, e.comm, e.cgroup_id) = (o.pid, o.comm.clone(), o.cgroup_id);
+        }
+        if let Some(l) = e.linked.as_mut()
+            && let Some(o) = unknown(l.inode).and_then(|i| found.get(&i))
+        {
+            (l.pid, l.comm, l.cgroup_id) = (o.pid, o.comm.clone(), o.cgroup_id);
+        }
+    }
+}
+
 /// Deletes what `--retention` and `--max-events` no longer keep, with `f` (a store's prune).
 fn prune(
     f: impl Fn(u64, u64, u64) -> rusqlite::Result<usize>,
@@ -196,5 +264,41 @@ fn prune(
         Ok(0) => {}
         Ok(n) => tracing::debug!(deleted = n, "pruned the event history"),
         Err(e) => tracing::warn!(error = %e, "pruning the event history failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn an_unknown_owner_is_found_from_its_sockets_inode() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let inode = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let mut e = Event::blank(Kind::ResetReceived);
+        e.inode = inode;
+        e.linked = Some(link::Linked {
+            kind: Kind::RstOnClose,
+            pid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+            unread_bytes: 1,
+            inode,
+        });
+        let mut gone = Event::blank(Kind::ResetReceived);
+        (gone.pid, gone.inode) = (7, u64::MAX);
+        let mut batch = [e, gone];
+        find_owners(&mut batch);
+        assert_eq!(batch[0].pid, std::process::id());
+        assert_eq!(batch[0].linked.as_ref().unwrap().pid, std::process::id());
+        assert_eq!(
+            batch[1].pid, 7,
+            "a socket no process holds keeps what it had"
+        );
     }
 }

@@ -10,8 +10,8 @@
 //!   that did not move for a whole interval (lookup-and-delete: a count that lands meanwhile
 //!   is returned with the entry, never lost);
 //! * lists every namespace's sockets with `sock_diag`: TIME_WAIT sockets, named by the owner
-//!   the programs recorded when the socket closed first (`CLOSERS`, by tuple without the
-//!   ephemeral port, so any number of TIME_WAIT sockets is named), and local ports in use per
+//!   the programs recorded when that socket closed first (`CLOSERS`, one entry per socket,
+//!   deleted once a later listing no longer shows it: [`time_wait`]), and local ports in use per
 //!   (source address, destination) against the namespace's `ip_local_port_range` — at most
 //!   once per scan and at most 5% of the time (the kernel walks every socket per namespace);
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
@@ -30,7 +30,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use observer_common::{
-    flow::{FlowEntry, FlowKey, FlowStats, LIFETIME_BUCKETS, ListenKey, Owner, TupleKey},
+    flow::{Closer, FlowEntry, FlowKey, FlowStats, LIFETIME_BUCKETS, ListenKey, Owner, TupleKey},
     tcp::{AF_INET6, LISTEN},
 };
 use prometheus_client::{
@@ -65,6 +65,8 @@ pub mod ports;
 
 use detect::{Cooldown, Thresholds, Window};
 use lifetimes::Lifetimes;
+
+mod time_wait;
 
 /// Workload, peer and role: the labels of the connection series.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -259,8 +261,8 @@ impl Metrics {
 pub struct Maps {
     /// Connection counts, by key id.
     pub flows: BpfHashMap<MapData, u64, FlowEntry>,
-    /// Owners of sockets that closed first, by tuple.
-    pub closers: BpfHashMap<MapData, TupleKey, Owner>,
+    /// First closers of sockets in TIME_WAIT, by tuple.
+    pub closers: BpfHashMap<MapData, TupleKey, Closer>,
     /// Owners of listening sockets.
     pub listeners: BpfHashMap<MapData, ListenKey, Owner>,
 }
@@ -268,7 +270,7 @@ pub struct Maps {
 /// Reads `FLOWS` and the socket lists, exports the series and runs the detectors.
 pub struct Monitor {
     flows: BpfHashMap<MapData, u64, FlowEntry>,
-    closers: BpfHashMap<MapData, TupleKey, Owner>,
+    closers: BpfHashMap<MapData, TupleKey, Closer>,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     /// Each entry as last read.
     last: HashMap<FlowKey, FlowStats>,
@@ -394,12 +396,13 @@ impl Monitor {
         }
         if now >= self.next_listing {
             let started = Instant::now();
+            let started_ns = monotonic_ns();
             let namespaces = sock_diag::namespaces();
             let listing: Vec<ports::Netns> = sock_diag::in_each(&namespaces, ports::here)
                 .into_iter()
                 .map(|(_, ns)| ns)
                 .collect();
-            self.time_wait(&listing);
+            self.time_wait(&listing, started_ns);
             let since = now.duration_since(self.last_listing);
             events.extend(self.ports(&listing, &seen, since, now));
             let took = started.elapsed();
@@ -510,25 +513,30 @@ impl Monitor {
             .lookup(cgroup_id)
     }
 
-    /// TIME_WAIT sockets by the owner that closed first.
-    fn time_wait(&self, listing: &[ports::Netns]) {
+    /// TIME_WAIT sockets by the owner that closed each first; deletes the entries of sockets
+    /// gone from TIME_WAIT since before the listing began at `started_ns`.
+    fn time_wait(&mut self, listing: &[ports::Netns], started_ns: u64) {
         // The whole table in a few syscalls, rather than one lookup per TIME_WAIT socket.
-        let closers: foldhash::HashMap<TupleKey, Owner> =
-            map_read::all::<TupleKey, Owner>(self.closers.map(), || {
-                self.closers.iter().filter_map(Result::ok).collect()
-            })
-            .into_iter()
+        let entries = map_read::all::<TupleKey, Closer>(self.closers.map(), || {
+            self.closers.iter().filter_map(Result::ok).collect()
+        });
+        let listed: foldhash::HashSet<TupleKey> = listing
+            .iter()
+            .flat_map(|ns| &ns.time_wait)
+            .map(tuple_key)
             .collect();
+        for key in time_wait::stale(&entries, &listed, started_ns) {
+            // Absent already: the programs replaced nothing, nobody else deletes.
+            let _ = self.closers.remove(&key);
+        }
+        let closers: foldhash::HashMap<TupleKey, Owner> =
+            entries.into_iter().map(|(k, c)| (k, c.owner)).collect();
         // Grouped first by what the labels depend on (the closer, and the peer as labelled),
         // so a storm's tens of thousands of TIME_WAIT sockets build one label set per group.
         let mut groups: foldhash::HashMap<(Option<Owner>, SocketAddr), i64> =
             foldhash::HashMap::default();
         for s in listing.iter().flat_map(|ns| &ns.time_wait) {
-            let owner = tuple_key(s)
-                .closer_candidates()
-                .iter()
-                .find_map(|k| closers.get(k))
-                .copied();
+            let owner = closers.get(&tuple_key(s)).copied();
             let role = owner.map_or(Role::Unknown, |o| Role::from_wire(o.role));
             *groups
                 .entry((owner, labelled_peer(role, s.tuple.peer)))

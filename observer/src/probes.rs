@@ -533,6 +533,9 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::CloseWaitFull => "close_wait_map_full",
         Stat::FlowsFull => "flows_map_full",
         Stat::CloseWaitUnpromoted => "close_wait_unpromoted",
+        Stat::LostResetReceived => "ringbuf_full_reset_received",
+        Stat::LostConnectRefused => "ringbuf_full_connect_refused",
+        Stat::ClosersFull => "closers_map_full",
     }
 }
 

@@ -185,6 +185,7 @@ fn alert_rules_are_valid_promql() {
         .collect();
     for needed in [
         "ObserverRstOnClose",
+        "ObserverResetsReceived",
         "ObserverCloseWaitLeak",
         "ObserverCloseWaitOld",
         "ObserverEventsLost",

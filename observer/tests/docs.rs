@@ -56,8 +56,8 @@ fn exported() -> BTreeSet<(String, String)> {
             },
         ))),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    for kind in Kind::ALL {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for kind in Kind::ALL.into_iter().chain([Kind::ConnectRefused]) {
         tx.try_send(event(kind)).unwrap();
     }
     drop(tx);

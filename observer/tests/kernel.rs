@@ -21,6 +21,7 @@ mod kernel {
     mod pool;
     mod prometheus;
     mod real_clients;
+    mod resets;
     mod rst_on_close;
     mod store_full;
     mod upgrade;

@@ -20,6 +20,8 @@ unsafe impl aya::Pod for crate::flow::ListenKey {}
 unsafe impl aya::Pod for crate::flow::TupleKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::flow::Owner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::flow::Closer {}
 
 impl TryFrom<u8> for Kind {
     type Error = u8;
@@ -29,6 +31,8 @@ impl TryFrom<u8> for Kind {
             1 => Ok(Self::RstOnClose),
             2 => Ok(Self::LingerAbort),
             3 => Ok(Self::CloseWaitResolved),
+            4 => Ok(Self::ResetReceived),
+            5 => Ok(Self::ConnectRefused),
             other => Err(other),
         }
     }

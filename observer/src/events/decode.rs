@@ -73,13 +73,22 @@ impl Decoder {
             wire::Kind::RstOnClose => Kind::RstOnClose,
             wire::Kind::LingerAbort => Kind::LingerAbort,
             wire::Kind::CloseWaitResolved => Kind::CloseWaitResolved,
+            wire::Kind::ResetReceived => Kind::ResetReceived,
+            wire::Kind::ConnectRefused => Kind::ConnectRefused,
         };
+        let reset = kind == Kind::ResetReceived;
+        let state = reset.then(|| observer_common::tcp::state_name(i32::from(raw.old_state)));
         let role = Role::from_wire(raw.role);
         let close_wait_ms = (raw.close_wait_ns != 0).then_some(raw.close_wait_ns / 1_000_000);
         let hint = match kind {
             Kind::CloseWaitResolved => close_wait_ms
                 .map(|ms| super::close_wait_resolved_hint(ms, false))
                 .unwrap_or_default(),
+            Kind::ResetReceived => super::link::reset_received_hint(
+                state.unwrap_or_default(),
+                raw.unread_bytes,
+                raw.unsent_bytes,
+            ),
             _ => hint(kind, role, raw.unread_bytes),
         };
         let is_close_wait = kind == Kind::CloseWaitResolved;
@@ -111,8 +120,11 @@ impl Decoder {
                 .then(|| raw.ts_ns.saturating_sub(raw.last_read_ns) / 1_000_000),
             close_wait_lower_bound: is_close_wait.then_some(false),
             rst_reason: self.rst_reason(raw.rst_reason),
+            state,
+            unsent_bytes: reset.then_some(raw.unsent_bytes),
+            inode: raw.inode,
             hint,
-            figures: None,
+            ..Event::blank(kind)
         })
     }
 

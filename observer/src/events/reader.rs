@@ -1,7 +1,7 @@
 //! The ring-buffer reader task: waits for the `EVENTS` ring buffer to become readable, decodes
 //! every record and hands events to the bounded channel. When the channel is full it waits for
-//! room and leaves the rest in the ring buffer, the larger buffer of the two (4 MiB, about
-//! 27,000 events, against the channel's 16,384): a burst after the agent was held up (a busy
+//! room and leaves the rest in the ring buffer, the larger buffer of the two (8 MiB, about
+//! 49,000 events, against the channel's 16,384): a burst after the agent was held up (a busy
 //! node, a slow disk under the event store) is kept as long as the ring holds it, and only
 //! what does not fit there is lost, counted by the programs. Records that do not decode are
 //! counted here.

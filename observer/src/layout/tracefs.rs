@@ -32,6 +32,7 @@ pub fn fill(offsets: &mut Offsets, root: Option<&Path>) {
     let state = read("sock/inet_sock_set_state");
     let reset = read("tcp/tcp_send_reset");
     let recv = read("sock/sock_recv_length");
+    let rcv_reset = read("tcp/tcp_receive_reset");
     let at = |fmt: &str, field: &str| field_offset(fmt, field).unwrap_or(ABSENT);
     offsets.tp_state_skaddr = at(&state, "skaddr");
     offsets.tp_state_oldstate = at(&state, "oldstate");
@@ -42,6 +43,7 @@ pub fn fill(offsets: &mut Offsets, root: Option<&Path>) {
     offsets.tp_recv_sk = at(&recv, "sk");
     offsets.tp_recv_ret = at(&recv, "ret");
     offsets.tp_recv_flags = at(&recv, "flags");
+    offsets.tp_rcv_reset_skaddr = at(&rcv_reset, "skaddr");
 }
 
 /// Whether the classic tracepoint for `purpose_event` has every field its program reads.
@@ -53,6 +55,7 @@ pub fn complete(offsets: &Offsets, event: &str) -> bool {
             offsets.tp_state_newstate,
         ],
         "tcp/tcp_send_reset" => &[offsets.tp_reset_skbaddr, offsets.tp_reset_skaddr],
+        "tcp/tcp_receive_reset" => &[offsets.tp_rcv_reset_skaddr],
         "sock/sock_recv_length" => &[
             offsets.tp_recv_sk,
             offsets.tp_recv_ret,

@@ -66,6 +66,9 @@ pub(super) const REQUIRED: Purpose = Purpose {
 /// The purpose of the read hook, which `--read-hook on-demand` attaches only when needed.
 pub(super) const READS: &str = "reads";
 
+/// The purpose of the received-reset hook.
+pub(super) const RESETS_RECEIVED: &str = "resets_received";
+
 /// Hooks the agent degrades without, attached before [`REQUIRED`].
 pub(super) const OPTIONAL: &[Purpose] = &[
     Purpose {
@@ -75,6 +78,15 @@ pub(super) const OPTIONAL: &[Purpose] = &[
             c(TpBtf, "reset_btf", "tcp_send_reset"),
             c(RawTracepoint, "reset_raw", "tcp_send_reset"),
             c(Tracepoint, "reset_tp", "tcp/tcp_send_reset"),
+        ],
+    },
+    Purpose {
+        name: RESETS_RECEIVED,
+        required: false,
+        candidates: &[
+            c(TpBtf, "rcv_reset_btf", "tcp_receive_reset"),
+            c(RawTracepoint, "rcv_reset_raw", "tcp_receive_reset"),
+            c(Tracepoint, "rcv_reset_tp", "tcp/tcp_receive_reset"),
         ],
     },
     Purpose {

@@ -69,6 +69,19 @@ pub(super) fn of(plan: &[PlanEntry], layout: &Layout, promoted: bool) -> Vec<Deg
         }
         _ => {}
     }
+    match chosen(attach::RESETS_RECEIVED) {
+        Some((None, true)) => add(
+            "reset_received",
+            "no events, left out with --skip-probes resets_received: the victims of resets \
+             are not named and refused connects are not counted",
+        ),
+        Some((None, false)) => add(
+            "reset_received",
+            "no events, no hook on tcp:tcp_receive_reset attached (see the plan's refusals): \
+             the victims of resets are not named and refused connects are not counted",
+        ),
+        _ => {}
+    }
     if !promoted {
         add(
             "close_wait_promotion",

@@ -11,8 +11,9 @@ use super::support::{Agent, in_netns, require_bpf, sample, scrape, tcp_ext, wait
 
 const ABORTS: usize = 2000;
 
-/// More events than the agent's channel to its writers holds (16,384), fewer than its 4 MiB
-/// ring buffer does (about 27,000, with room for what the tests running alongside emit).
+/// More aborts than the agent's channel to its writers holds (16,384), fewer than its 8 MiB
+/// ring buffer does with the `reset_received` each causes here (about 49,000 events, with
+/// room for what the tests running alongside emit).
 const HELD: usize = 18_000;
 
 /// `n` connections, each closed by its server with the client's request unread (one

@@ -55,6 +55,11 @@ fn detects_with(hook_type: &str) {
         active_rst_reason("TCP_ABORT_ON_CLOSE"),
         "{hook_type}: reset reason"
     );
+    // Its victim, the client, through the same hook type.
+    let resets = agent.resets(ns, 1, Duration::from_secs(5), Duration::ZERO);
+    assert_eq!(resets.len(), 1, "{hook_type}: {resets:#?}");
+    assert_eq!(resets[0]["peer_port"], sport);
+    assert_eq!(resets[0]["peer_pid"], std::process::id());
     let (status, log) = agent.stop();
     assert!(status.success());
     let attached = log
@@ -65,9 +70,9 @@ fn detects_with(hook_type: &str) {
     let recv_tracepoint =
         std::path::Path::new("/sys/kernel/tracing/events/sock/sock_recv_length").exists();
     if recv_tracepoint {
-        assert_eq!(attached.len(), 3, "{log}");
+        assert_eq!(attached.len(), 4, "{log}");
     } else {
-        assert_eq!(attached.len(), 2, "{log}");
+        assert_eq!(attached.len(), 3, "{log}");
         assert!(
             log.contains("optional probe unavailable purpose=\"reads\""),
             "{log}"
@@ -137,7 +142,7 @@ fn without_the_read_hook() {
     );
     let (status, log) = agent.stop();
     assert!(status.success());
-    assert_eq!(log.matches("probe attached").count(), 2, "{log}");
+    assert_eq!(log.matches("probe attached").count(), 3, "{log}");
     assert!(
         log.contains("optional probe left out with --skip-probes purpose=\"reads\""),
         "{log}"

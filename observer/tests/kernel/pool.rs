@@ -7,7 +7,7 @@
 //! told apart by their peer label.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -434,6 +434,91 @@ fn time_wait_is_attributed_to_the_first_closer_and_matches_ss() {
     wait_metrics(&agent.url, Duration::from_secs(15), "50 TIME_WAIT", |t| {
         sample(t, "observer_time_wait_sockets", &labels) == Some(from_ss as f64)
     });
+}
+
+/// Local ports of the TIME_WAIT sockets towards `port`, as `ss` lists them.
+fn time_wait_ports(port: u16) -> Vec<u16> {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "time-wait", &format!("dport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let local = l.split_whitespace().nth(2)?;
+            local.rsplit(':').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--pool-interval", "1s"]);
+    let port = 24_009;
+    let ns = Worker::new();
+    let (mine, theirs) = ns.run(move || {
+        echo_server(port);
+        // python3 closes 300 connections first, this process 200, from one address to one
+        // peer endpoint.
+        let out = Command::new(PYTHON)
+            .args([
+                "-c",
+                &format!(
+                    "import socket\n\
+                     for _ in range(300):\n\
+                     \x20   s = socket.create_connection(('127.0.0.1', {port}))\n\
+                     \x20   s.sendall(b'ping\\n'); s.recv(3); print(s.getsockname()[1]); s.close()\n"
+                ),
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        let python: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let own: Vec<u16> = (0..200)
+            .map(|_| {
+                let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+                c.write_all(b"ping\n").unwrap();
+                let mut ok = [0u8; 3];
+                c.read_exact(&mut ok).unwrap();
+                c.local_addr().unwrap().port()
+            })
+            .collect();
+        // Each process's TIME_WAIT sockets, as ss lists them.
+        let listed = time_wait_ports(port);
+        let count = |ports: &[u16]| listed.iter().filter(|p| ports.contains(p)).count();
+        (count(&own), count(&python))
+    });
+    assert_eq!(
+        (mine, theirs),
+        (200, 300),
+        "ss lists every TIME_WAIT socket"
+    );
+    let peer = format!("127.0.0.1:{port}");
+    let own = own_comm();
+    wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        "200 and 300 TIME_WAIT",
+        |t| {
+            sample(
+                t,
+                "observer_time_wait_sockets",
+                &[("comm", "python3"), ("peer", &peer)],
+            ) == Some(theirs as f64)
+                && sample(
+                    t,
+                    "observer_time_wait_sockets",
+                    &[("comm", &own), ("peer", &peer)],
+                ) == Some(mine as f64)
+        },
+    );
 }
 
 /// nginx from Debian's package on `ports` (keep-alive allowed), in the calling thread's

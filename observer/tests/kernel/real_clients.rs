@@ -11,18 +11,18 @@ use std::{
 
 use super::support::{Agent, events, in_netns, patience_secs, require_bpf, tcp_ext};
 
-const PYTHON: &str = "/usr/bin/python3";
+pub(crate) const PYTHON: &str = "/usr/bin/python3";
 const BODY: usize = 8 << 20;
 
 /// `python3 -m http.server` serving an 8 MiB file, in the calling thread's namespace.
-struct HttpServer {
-    child: Child,
-    port: u16,
+pub(crate) struct HttpServer {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl HttpServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "observer-http-{}-{:?}",
             std::process::id(),

@@ -225,6 +225,7 @@ pub(crate) fn own_comm() -> String {
 #[derive(Default)]
 struct Shared {
     by_netns: HashMap<u64, Vec<Value>>,
+    resets_by_netns: HashMap<u64, Vec<Value>>,
     stderr: Vec<String>,
     ready: bool,
     exited: bool,
@@ -317,7 +318,16 @@ impl Agent {
                 line.clear();
                 let ns = v["netns"].as_u64().unwrap();
                 let (m, cv) = &*s;
-                m.lock().unwrap().by_netns.entry(ns).or_default().push(v);
+                let mut g = m.lock().unwrap();
+                // The victims' side of the tests' own aborts, kept apart so that the tests
+                // counting aborts see only those (`Agent::resets`).
+                let list = if v["kind"] == "reset_received" {
+                    &mut g.resets_by_netns
+                } else {
+                    &mut g.by_netns
+                };
+                list.entry(ns).or_default().push(v);
+                drop(g);
                 cv.notify_all();
             }
         });
@@ -364,7 +374,7 @@ impl Agent {
     }
 
     /// Waits until `netns` has `n` events (or `timeout` passes), then a further `settle` to catch
-    /// extras, and returns them all.
+    /// extras, and returns them all, `reset_received` excepted (see [`Agent::resets`]).
     pub(crate) fn events(
         &self,
         netns: u64,
@@ -384,6 +394,32 @@ impl Agent {
         m.lock()
             .unwrap()
             .by_netns
+            .get(&netns)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// As [`Agent::events`], for the `reset_received` events of `netns`, which
+    /// [`Agent::events`] leaves out.
+    pub(crate) fn resets(
+        &self,
+        netns: u64,
+        n: usize,
+        timeout: Duration,
+        settle: Duration,
+    ) -> Vec<Value> {
+        let (m, cv) = &*self.shared;
+        let g = cv
+            .wait_timeout_while(m.lock().unwrap(), patience(timeout), |g| {
+                g.resets_by_netns.get(&netns).map_or(0, Vec::len) < n
+            })
+            .unwrap()
+            .0;
+        drop(g);
+        thread::sleep(settle);
+        m.lock()
+            .unwrap()
+            .resets_by_netns
             .get(&netns)
             .cloned()
             .unwrap_or_default()

@@ -46,6 +46,9 @@ fn raw() -> RawEvent {
         _pad: [0; 7],
         close_wait_ns: 0,
         last_read_ns: 0,
+        unsent_bytes: 0,
+        _pad2: 0,
+        inode: 0,
     }
 }
 
@@ -181,5 +184,36 @@ fn close_wait_resolved_carries_its_times() {
         (unknown.close_wait_ms, unknown.last_read_ms_ago),
         (None, None),
         "left to the tracker"
+    );
+}
+
+#[test]
+fn a_received_reset_has_its_state_and_lost_bytes() {
+    let d = decoder();
+    let mut r = raw();
+    r.kind = wire::Kind::ResetReceived as u8;
+    r.old_state = 8;
+    r.unread_bytes = 3;
+    r.unsent_bytes = 4096;
+    r.inode = 77;
+    let e = d.decode(&bytes(&r)).unwrap();
+    assert_eq!(e.kind, Kind::ResetReceived);
+    assert_eq!(e.state, Some("close_wait"));
+    assert_eq!(e.unsent_bytes, Some(4096));
+    assert_eq!(e.inode, 77);
+    assert!(
+        e.hint
+            .contains("in close_wait, 3 bytes unread and 4096 unsent"),
+        "{}",
+        e.hint
+    );
+    r.kind = wire::Kind::ConnectRefused as u8;
+    assert_eq!(d.decode(&bytes(&r)).unwrap().kind, Kind::ConnectRefused);
+    r.kind = wire::Kind::RstOnClose as u8;
+    let e = d.decode(&bytes(&r)).unwrap();
+    assert_eq!(
+        (e.state, e.unsent_bytes),
+        (None, None),
+        "only for reset_received"
     );
 }
