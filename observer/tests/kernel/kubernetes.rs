@@ -2,7 +2,8 @@
 //! burstable QoS, a containerd scope) built under the cgroup2 mount, the matching
 //! `/var/log/pods` and `/var/log/containers` entries in a temp root, and a real process moved
 //! into that cgroup causing an RST-on-close. Its event names the pod, namespace, container and
-//! container id; the same client outside the cgroup is the host.
+//! container id; the same client outside the cgroup is the host. The reset the server
+//! receives names the pod that caused it.
 
 use std::{io::Write as _, net::TcpListener, path::PathBuf, process::Command};
 
@@ -122,6 +123,37 @@ fn a_process_in_a_pod_cgroup_is_named_by_pod_namespace_and_container() {
         (Value::Null, Value::Null, Value::Null)
     );
     assert_eq!(h["comm"], "python3", "the host, named by its comm");
+    // This process, the server, received the pod's reset: it names the pod that caused it.
+    let resets = agent.resets(
+        ns,
+        2,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(500),
+    );
+    let from_pod = resets
+        .iter()
+        .find(|r| r["peer_pid"] == in_pod)
+        .unwrap_or_else(|| panic!("no reset linked to {in_pod}: {resets:#?}"));
+    assert_eq!(from_pod["pid"], std::process::id(), "{from_pod}");
+    assert_eq!(
+        (
+            &from_pod["peer_namespace"],
+            &from_pod["peer_pod"],
+            &from_pod["peer_container"]
+        ),
+        (
+            &Value::from("shop"),
+            &Value::from("web-0"),
+            &Value::from("app")
+        )
+    );
+    let hint = from_pod["hint"].as_str().unwrap();
+    assert!(
+        hint.ends_with(&format!(
+            "pid {in_pod} (python3) in pod shop/web-0 closed with 4990 unread bytes"
+        )),
+        "{hint}"
+    );
     let metrics = ureq::Agent::new_with_config(ureq::Agent::config_builder().build())
         .get(&format!("{}/metrics", agent.url))
         .call()
