@@ -574,6 +574,14 @@ impl Drop for Nginx {
     }
 }
 
+/// The requests a `wrk` report says it completed (`12345 requests in 2.00s, ...`).
+fn requests(report: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ")?.0.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"))
+}
+
 /// `wrk` for 2 s with 8 connections; `Connection: close` when not `keep_alive`. Returns its
 /// report (requests, socket errors).
 fn wrk(port: u16, keep_alive: bool) -> String {
@@ -601,45 +609,57 @@ fn wrk_against_nginx_shows_keep_alive_in_the_series() {
     let (nginx, report) = ns.run(move || {
         let nginx = Nginx::start(&[kept, closed]);
         let report = wrk(kept, true);
-        wrk(closed, false);
-        (nginx, report)
+        let closing = wrk(closed, false);
+        (nginx, (report, closing))
     });
-    // The 8 keep-alive connections close when wrk exits: wait for those closes.
-    let text = wait_metrics(
-        &agent.url,
-        Duration::from_secs(15),
-        "wrk's closes counted",
-        |t| {
-            ["127.0.0.1:24007", "127.0.0.1:24008"].iter().all(|p| {
-                sample(
-                    t,
-                    "observer_connections_closed_total",
-                    &[("comm", "wrk"), ("peer", p), ("role", "client")],
-                )
-                .is_some()
-            })
-        },
+    let (report, closing) = report;
+    assert!(
+        requests(&report) > 100,
+        "keep-alive made requests: {report}"
     );
-    drop(nginx);
-    let opened = |port: &'static str| {
+    let with_close = requests(&closing) as f64;
+    let opened = |t: &str, port: &str| {
         sample(
-            &text,
+            t,
             "observer_connections_opened_total",
             &[("comm", "wrk"), ("peer", port), ("role", "client")],
         )
-        .unwrap()
     };
-    // Keep-alive: wrk's 8 connections (plus at most a few reconnects).
-    assert!(
-        opened("127.0.0.1:24007") <= 16.0,
-        "{} connections for wrk's 8 kept alive; wrk:\n{report}",
-        opened("127.0.0.1:24007")
+    // State changes the kernel skipped (a program is not run again on a CPU where it is
+    // running), each counted: at most that many connections are missing.
+    let skipped = |t: &str| -> f64 {
+        t.lines()
+            .filter(|l| l.starts_with("observer_program_recursion_misses_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Connection: close is a connection per request (however many the machine managed in
+    // 2 s; a QEMU guest without KVM manages a few hundred), all counted once the monitor has
+    // read them; the 8 keep-alive connections close when wrk exits.
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(15),
+        &format!("a connection per request with Connection: close ({with_close}); wrk:\n{closing}"),
+        |t| {
+            opened(t, "127.0.0.1:24008").unwrap_or(0.0) + skipped(t) >= with_close
+                && sample(
+                    t,
+                    "observer_connections_closed_total",
+                    &[
+                        ("comm", "wrk"),
+                        ("peer", "127.0.0.1:24007"),
+                        ("role", "client"),
+                    ],
+                )
+                .is_some()
+        },
     );
-    // Connection: close: one connection per request.
+    drop(nginx);
+    // Keep-alive: wrk's 8 connections (plus at most a few reconnects) for all its requests.
+    let kept_opened = opened(&text, "127.0.0.1:24007").unwrap();
     assert!(
-        opened("127.0.0.1:24008") >= 500.0,
-        "{}",
-        opened("127.0.0.1:24008")
+        kept_opened <= 16.0,
+        "{kept_opened} connections for wrk's 8 kept alive; wrk:\n{report}"
     );
     // nginx is named as the server of both (its listener's owner).
     assert!(
