@@ -102,18 +102,23 @@ fn python_requests_closing_a_streamed_response_is_caught() {
     let agent = Agent::start(&[]);
     let (ns, py_pid, port) = in_netns(|ns| {
         let server = HttpServer::start();
-        let script = format!(
-            "import requests, time\nr = requests.get('http://127.0.0.1:{}/big', stream=True)\nr.raw.read(100)\ntime.sleep(0.3)\nr.close()\n",
-            server.port
-        );
-        let mut py = Command::new(PYTHON)
-            .args(["-c", &script])
-            .spawn()
-            .expect("python3 requests");
-        assert!(py.wait().unwrap().success(), "the requests script failed");
-        (ns, py.id(), server.port)
+        (ns, requests_closing_early(server.port, 1), server.port)
     });
     assert_client_blamed(&events(&agent, ns, 1), py_pid, "python3", port);
+}
+
+/// Python `requests` getting `/big` from `port` `times` times, each time reading 100 bytes of
+/// the streamed response and closing it; returns the client's pid once it exited.
+pub(crate) fn requests_closing_early(port: u16, times: usize) -> u32 {
+    let script = format!(
+        "import requests, time\nfor _ in range({times}):\n    r = requests.get('http://127.0.0.1:{port}/big', stream=True)\n    r.raw.read(100)\n    time.sleep(0.3)\n    r.close()\n"
+    );
+    let mut py = Command::new(PYTHON)
+        .args(["-c", &script])
+        .spawn()
+        .expect("python3 requests");
+    assert!(py.wait().unwrap().success(), "the requests script failed");
+    py.id()
 }
 
 /// Exactly one `rst_on_close` of the client process `pid` (`comm`) towards the server `port`.

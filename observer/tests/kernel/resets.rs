@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    real_clients::{HttpServer, PYTHON},
+    real_clients::{HttpServer, PYTHON, requests_closing_early},
     support::{Agent, in_netns, of_kind, own_comm, patience_secs, require_bpf, sample, scrape},
 };
 
@@ -74,16 +74,8 @@ fn a_client_closing_a_response_unread_resets_the_http_server_it_names() {
     let agent = Agent::start(&[]);
     let (ns, server_pid, py_pid) = in_netns(|ns| {
         let server = HttpServer::start();
-        let script = format!(
-            "import requests, time\nfor _ in range({CLOSES}):\n    r = requests.get('http://127.0.0.1:{}/big', stream=True)\n    r.raw.read(100)\n    time.sleep(0.3)\n    r.close()\n",
-            server.port
-        );
-        let mut py = Command::new(PYTHON)
-            .args(["-c", &script])
-            .spawn()
-            .expect("python3 requests");
-        assert!(py.wait().unwrap().success(), "the requests script failed");
-        (ns, server.child.id(), py.id())
+        let py = requests_closing_early(server.port, CLOSES);
+        (ns, server.child.id(), py)
     });
     let evs = both_ends(&agent, ns, CLOSES);
     assert_linked(&evs, py_pid, server_pid, CLOSES);

@@ -382,21 +382,7 @@ impl Agent {
         timeout: Duration,
         settle: Duration,
     ) -> Vec<Value> {
-        let (m, cv) = &*self.shared;
-        let g = cv
-            .wait_timeout_while(m.lock().unwrap(), patience(timeout), |g| {
-                g.by_netns.get(&netns).map_or(0, Vec::len) < n
-            })
-            .unwrap()
-            .0;
-        drop(g);
-        thread::sleep(settle);
-        m.lock()
-            .unwrap()
-            .by_netns
-            .get(&netns)
-            .cloned()
-            .unwrap_or_default()
+        self.collected(|g| &g.by_netns, netns, n, (timeout, settle))
     }
 
     /// As [`Agent::events`], for the `reset_received` events of `netns`, which
@@ -408,18 +394,28 @@ impl Agent {
         timeout: Duration,
         settle: Duration,
     ) -> Vec<Value> {
+        self.collected(|g| &g.resets_by_netns, netns, n, (timeout, settle))
+    }
+
+    /// The events of `netns` in the list `pick` chooses, once it has `n` (or `timeout` passed)
+    /// and a further `settle`.
+    fn collected(
+        &self,
+        pick: fn(&Shared) -> &HashMap<u64, Vec<Value>>,
+        netns: u64,
+        n: usize,
+        (timeout, settle): (Duration, Duration),
+    ) -> Vec<Value> {
         let (m, cv) = &*self.shared;
         let g = cv
             .wait_timeout_while(m.lock().unwrap(), patience(timeout), |g| {
-                g.resets_by_netns.get(&netns).map_or(0, Vec::len) < n
+                pick(g).get(&netns).map_or(0, Vec::len) < n
             })
             .unwrap()
             .0;
         drop(g);
         thread::sleep(settle);
-        m.lock()
-            .unwrap()
-            .resets_by_netns
+        pick(&m.lock().unwrap())
             .get(&netns)
             .cloned()
             .unwrap_or_default()
