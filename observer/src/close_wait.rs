@@ -18,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex, atomic::AtomicU64},
     time::Duration,
 };
@@ -291,7 +291,7 @@ impl Tracker {
     /// Gives each socket still in CLOSE_WAIT in the namespaces `namespaces` lists its map
     /// entry, if one has waited a scan interval or `all` (see [`Promoter`]); nothing to do
     /// where the programs insert entries on entry.
-    fn promote(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) {
+    fn promote(&mut self, namespaces: impl FnOnce() -> crate::sock_diag::Namespaces, all: bool) {
         if let Some(p) = &mut self.promoter {
             let failed = p.run(namespaces, all);
             if failed > 0 {

@@ -11,8 +11,8 @@
 //!   is returned with the entry, never lost);
 //! * lists every namespace's sockets with `sock_diag`: TIME_WAIT sockets, named by the owner
 //!   the programs recorded when that socket closed first (`CLOSERS`, one entry per socket,
-//!   deleted once a later listing no longer shows it: [`time_wait`]), and local ports in use per
-//!   (source address, destination) against the namespace's `ip_local_port_range` — at most
+//!   deleted once two listings in a row no longer show it: [`time_wait`]), and local ports in
+//!   use per (source address, destination) against the namespace's `ip_local_port_range` — at most
 //!   once per scan and at most 5% of the time (the kernel walks every socket per namespace);
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
 //!
@@ -271,6 +271,8 @@ pub struct Maps {
 pub struct Monitor {
     flows: BpfHashMap<MapData, u64, FlowEntry>,
     closers: BpfHashMap<MapData, TupleKey, Closer>,
+    /// `CLOSERS` entries the last listing did not show (see [`time_wait`]).
+    missed: HashSet<TupleKey>,
     listeners: BpfHashMap<MapData, ListenKey, Owner>,
     /// Each entry as last read.
     last: HashMap<FlowKey, FlowStats>,
@@ -310,6 +312,7 @@ impl Monitor {
         Self {
             flows: maps.flows,
             closers: maps.closers,
+            missed: HashSet::new(),
             listeners: maps.listeners,
             last: HashMap::new(),
             carry: HashMap::new(),
@@ -514,7 +517,7 @@ impl Monitor {
     }
 
     /// TIME_WAIT sockets by the owner that closed each first; deletes the entries of sockets
-    /// gone from TIME_WAIT since before the listing began at `started_ns`.
+    /// gone from TIME_WAIT since before the previous listing (this one began at `started_ns`).
     fn time_wait(&mut self, listing: &[ports::Netns], started_ns: u64) {
         // The whole table in a few syscalls, rather than one lookup per TIME_WAIT socket.
         let entries = map_read::all::<TupleKey, Closer>(self.closers.map(), || {
@@ -525,10 +528,13 @@ impl Monitor {
             .flat_map(|ns| &ns.time_wait)
             .map(tuple_key)
             .collect();
-        for key in time_wait::stale(&entries, &listed, started_ns) {
+        let netns: foldhash::HashSet<u32> = listing.iter().map(|ns| ns.netns).collect();
+        let verdict = time_wait::judge(&entries, &listed, &netns, started_ns, &self.missed);
+        for key in verdict.gone {
             // Absent already: the programs replaced nothing, nobody else deletes.
             let _ = self.closers.remove(&key);
         }
+        self.missed = verdict.missed;
         let closers: foldhash::HashMap<TupleKey, Owner> =
             entries.into_iter().map(|(k, c)| (k, c.owner)).collect();
         // Grouped first by what the labels depend on (the closer, and the peer as labelled),

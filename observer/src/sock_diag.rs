@@ -8,10 +8,12 @@
 
 use std::{
     collections::BTreeMap,
+    fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-    path::PathBuf,
+    path::Path,
+    sync::Arc,
 };
 
 use observer_common::tcp::{AF_INET, AF_INET6, CLOSE_WAIT, IPPROTO_TCP};
@@ -54,16 +56,33 @@ const NLMSG_HDR: usize = 16;
 /// wqueue, uid, inode.
 const DIAG_MSG: usize = 72;
 
-/// Every network namespace some task is in, and those `ip netns` keeps under `/run/netns`:
-/// inode -> a `/proc/<pid>/task/<tid>/ns/net` (or `/run/netns/<name>`) path. A namespace only
-/// its sockets hold (its last task gone, the sockets' owners elsewhere) cannot be entered.
-pub fn namespaces() -> BTreeMap<u32, PathBuf> {
+/// Network namespaces by inode, each held open so it can be entered however long the listing
+/// takes.
+pub type Namespaces = BTreeMap<u32, Arc<File>>;
+
+/// Every network namespace some task is in, and those `ip netns` keeps under `/run/netns`,
+/// opened as they are found: a namespace is entered through the first task still there when
+/// the walk reaches it, and stays enterable after that task exits (a short-lived process
+/// listed before a namespace's long-lived one, as after the pid counter wraps, would
+/// otherwise make the namespace vanish from a listing). A namespace only its sockets hold
+/// (its last task gone, the sockets' owners elsewhere) cannot be entered.
+pub fn namespaces() -> Namespaces {
     let mut found = BTreeMap::new();
+    let mut add = |path: &Path| {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if let std::collections::btree_map::Entry::Vacant(v) = found.entry(meta.ino() as u32)
+            && let Ok(ns) = File::open(path)
+            // The task may have moved or gone between the two calls.
+            && ns.metadata().is_ok_and(|m| m.ino() == meta.ino())
+        {
+            v.insert(Arc::new(ns));
+        }
+    };
     if let Ok(named) = std::fs::read_dir("/run/netns") {
         for n in named.flatten() {
-            if let Ok(meta) = std::fs::metadata(n.path()) {
-                found.entry(meta.ino() as u32).or_insert(n.path());
-            }
+            add(&n.path());
         }
     }
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -82,26 +101,22 @@ pub fn namespaces() -> BTreeMap<u32, PathBuf> {
             continue;
         };
         for t in tasks.flatten() {
-            let ns = t.path().join("ns/net");
-            if let Ok(meta) = std::fs::metadata(&ns) {
-                found.entry(meta.ino() as u32).or_insert(ns);
-            }
+            add(&t.path().join("ns/net"));
         }
     }
     found
 }
 
 /// Runs `f` in each namespace of `namespaces` (its inode as argument), one thread at a time.
-/// Returns the answers of the namespaces it could enter (a task may have exited meanwhile).
+/// Returns the answers of the namespaces it could enter and list.
 pub fn in_each<T: Send>(
-    namespaces: &BTreeMap<u32, PathBuf>,
+    namespaces: &Namespaces,
     f: impl Fn(u32) -> io::Result<T> + Sync,
 ) -> Vec<(u32, T)> {
     let mut out = Vec::new();
-    for (&ino, path) in namespaces {
+    for (&ino, ns) in namespaces {
         let res = std::thread::scope(|s| {
             s.spawn(|| -> io::Result<T> {
-                let ns = std::fs::File::open(path)?;
                 // SAFETY: setns on this thread only, with an open namespace fd.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error());
@@ -121,7 +136,7 @@ pub fn in_each<T: Send>(
 
 /// CLOSE_WAIT sockets of every namespace in `namespaces`. Returns the namespaces that were
 /// dumped and the sockets.
-pub fn close_wait_everywhere(namespaces: &BTreeMap<u32, PathBuf>) -> (Vec<u32>, Vec<DiagSocket>) {
+pub fn close_wait_everywhere(namespaces: &Namespaces) -> (Vec<u32>, Vec<DiagSocket>) {
     let mut dumped = Vec::new();
     let mut sockets = Vec::new();
     for (ino, found) in in_each(namespaces, close_wait_here) {

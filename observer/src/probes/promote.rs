@@ -10,7 +10,6 @@
 //! through CLOSE_WAIT in microseconds never makes the agent walk its sockets.
 
 use std::{
-    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
 };
@@ -88,7 +87,11 @@ impl Promoter {
     /// start-up and at stop). Returns the namespaces where reading the iterator failed (a
     /// namespace that vanished before it was entered is not one); the 1st, 2nd, 4th, 8th...
     /// failure since start is logged as a warning, so a lasting one does not flood the log.
-    pub fn run(&mut self, namespaces: impl FnOnce() -> BTreeMap<u32, PathBuf>, all: bool) -> u64 {
+    pub fn run(
+        &mut self,
+        namespaces: impl FnOnce() -> crate::sock_diag::Namespaces,
+        all: bool,
+    ) -> u64 {
         self.epoch = self.epoch.wrapping_add(1);
         let slot = self.epoch % CW_EPOCHS;
         if let Err(e) = self.epoch_slot.set(0, slot, 0) {
