@@ -56,6 +56,8 @@ pub struct Registered {
     pub close_wait: close_wait::Metrics,
     /// Connection, TIME_WAIT and ephemeral-port series.
     pub pool: pool::Metrics,
+    /// What the HTTP listeners shed.
+    pub serve: api::serve::Metrics,
 }
 
 /// Registers every metric the agent exports (also used to check `docs/metrics.md`).
@@ -68,13 +70,26 @@ pub fn register_metrics(
     let events = output::Metrics::register(registry, &peers);
     let close_wait = close_wait::Metrics::register(registry, &self_metrics);
     let pool = pool::Metrics::register(registry, &self_metrics, &peers);
+    let serve = api::serve::Metrics::register(registry);
     Registered {
         self_metrics,
         peers,
         events,
         close_wait,
         pool,
+        serve,
     }
+}
+
+/// Marks the API ready and logs the line that says so (with the addresses bound).
+fn announce_ready(state: &api::State, servers: &api::serve::Servers) {
+    state.set_ready();
+    info!(
+        kernel = %host::kernel_release(),
+        listen = %servers.listen,
+        metrics_listen = %servers.metrics_listen_text(),
+        "agent ready"
+    );
 }
 
 /// What `/api/v1/status` tells about this agent once the probes are attached.
@@ -114,12 +129,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         events: event_metrics,
         close_wait: close_wait_metrics,
         pool: pool_metrics,
+        serve: serve_metrics,
     } = register_metrics(&mut registry, args.peer_label_limit);
     (self_metrics.store_moved_aside).inc_by(u64::from(store.moved_aside().is_some()));
     let state = api::State::new(registry, reader_db);
     let totals = state.totals.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (api, listening) = serve_api(args.listen, state.clone(), stop_rx.clone()).await?;
+    let servers = api::serve::start(&args.serve, &state, &serve_metrics, &stop_rx).await?;
 
     let mut probes = Probes::load(&layout, &args.probes)?;
     probes.log_plan();
@@ -175,8 +191,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     set_status(&state, &probes, &args);
     show_reads(&probes, &state, &self_metrics);
-    state.set_ready();
-    info!(kernel = %host::kernel_release(), listen = %listening, "agent ready");
+    announce_ready(&state, &servers);
 
     let mut tick = tokio::time::interval(STATS_EVERY);
     let drops = Drops::default();
@@ -198,33 +213,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     drop(probes);
     let _ = stop_tx.send(true);
     pipeline.finish().await?;
-    api.await.context("api task")?.context("serving the API")?;
+    servers.join().await?;
     info!("stopped");
     Ok(())
-}
-
-/// Binds `--listen` (failing at once with the address in the message) and serves the API
-/// until `stop` turns true. Returns the task and the bound address (port 0 picks one).
-async fn serve_api(
-    listen: std::net::SocketAddr,
-    state: api::State,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<(
-    tokio::task::JoinHandle<std::io::Result<()>>,
-    std::net::SocketAddr,
-)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding --listen {listen}"))?;
-    let bound = listener.local_addr().unwrap_or(listen);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    Ok((task, bound))
 }
 
 /// The running pipeline: reader task -> tracker task -> sink thread, and the pool monitor's

@@ -1,4 +1,6 @@
-//! The agent's HTTP API, read-only, on `--listen` (default `127.0.0.1:9464`):
+//! The agent's HTTP API, read-only, on `--listen` (default `127.0.0.1:9464`); `/metrics`,
+//! `/healthz` and `/readyz` alone also on `--metrics-listen` when set ([`serve`] owns the
+//! listeners and their budgets):
 //!
 //! | route | answer |
 //! |---|---|
@@ -28,6 +30,7 @@ use serde::Serialize;
 use crate::{close_wait::Live, metrics::Totals, probes::PlanEntry, store::Reader};
 
 mod handlers;
+pub mod serve;
 
 /// What the handlers read. Cloned into every request (all fields are shared handles).
 #[derive(Clone)]
@@ -145,6 +148,18 @@ pub fn router(state: State) -> Router {
         .route(events, get(handlers::events))
         .route(sockets, get(handlers::sockets))
         .route(status, get(handlers::status))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+/// The router of `--metrics-listen`: `/metrics`, `/healthz` and `/readyz`; every other route
+/// is a 404, the history and live sockets included.
+pub fn metrics_router(state: State) -> Router {
+    let [metrics, healthz, readyz, ..] = ROUTES;
+    Router::new()
+        .route(metrics, get(handlers::metrics))
+        .route(healthz, get(handlers::healthz))
+        .route(readyz, get(handlers::readyz))
         .fallback(handlers::not_found)
         .with_state(state)
 }

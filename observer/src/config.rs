@@ -234,14 +234,9 @@ pub struct AgentArgs {
     )]
     pub close_wait_threshold: std::time::Duration,
 
-    /// Address of the HTTP API and `/metrics`.
-    #[arg(
-        long,
-        env = "OBSERVER_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9464"
-    )]
-    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    /// The HTTP listeners and their budgets.
+    pub serve: crate::api::serve::ServeArgs,
 
     /// Directory of the event history (`events.db`, SQLite).
     #[arg(

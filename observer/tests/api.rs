@@ -3,105 +3,17 @@
 //! the real `observer` binary.
 #![expect(clippy::unwrap_used, reason = "tests panic on failure")]
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    process::Command,
-    sync::Mutex,
-};
+use std::{fmt::Write as _, process::Command};
 
-use observer::{
-    api,
-    events::{Event, Kind, Role},
-    metrics, store,
-};
+use observer::events::{Event, Kind};
 use serde_json::Value;
 
-const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
+#[path = "api/limits.rs"]
+mod limits;
+#[path = "api/support.rs"]
+mod support;
 
-fn event(kind: Kind, pid: u32, comm: &str, peer: &str, port: u16, wall_ns: u64) -> Event {
-    Event {
-        ts: "2026-11-21T12:00:00Z".to_owned(),
-        wall_ns,
-        pid,
-        comm: comm.to_owned(),
-        cgroup_id: 1,
-        pod: Some("web-0".to_owned()),
-        namespace: Some("shop".to_owned()),
-        netns: 1,
-        local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        local_port: 40000,
-        peer_addr: peer.parse().unwrap(),
-        peer_port: port,
-        role: Role::Client,
-        unread_bytes: 42,
-        conn_age_ms: Some(5),
-        bytes_received: 42,
-        bytes_sent: Some(7),
-        rst_reason: Some("TCP_ABORT_ON_CLOSE".to_owned()),
-        hint: "closed with 42 unread bytes".to_owned(),
-        ..Event::blank(kind)
-    }
-}
-
-struct Server {
-    url: String,
-    state: api::State,
-    /// The writer, to add events while a client follows.
-    store: Mutex<store::Store>,
-    _dir: tempfile::TempDir,
-}
-
-/// An API on 127.0.0.1:0 over a history holding `events` (ids 1..), not yet ready.
-fn serve(mut events: Vec<Event>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut st = store::open(dir.path()).unwrap();
-    st.append(&mut events).unwrap();
-    let mut registry = metrics::registry();
-    let _ = metrics::SelfMetrics::register(&mut registry);
-    let state = api::State::new(registry, store::Reader::open(st.file()).unwrap());
-    let router = api::router(state.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The server lives on a thread of its own until the test process ends.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router).await
-        })
-    });
-    let addr: SocketAddr = rx.recv().unwrap();
-    Server {
-        url: format!("http://{addr}"),
-        state,
-        store: Mutex::new(st),
-        _dir: dir,
-    }
-}
-
-fn get(url: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build(),
-    );
-    let mut r = agent.get(url).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-}
-
-fn ids(body: &str) -> Vec<u64> {
-    let v: Value = serde_json::from_str(body).unwrap();
-    v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect()
-}
+use support::{OBSERVER, event, get, ids, serve};
 
 fn sample() -> Vec<Event> {
     vec![

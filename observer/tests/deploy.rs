@@ -110,6 +110,57 @@ fn the_daemonset_grants_only_what_it_needs() {
 }
 
 #[test]
+fn only_metrics_and_probes_leave_the_node_and_only_to_prometheus() {
+    let ds = yaml("daemonset.yaml");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("--{name} in {args:?}"))
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    };
+    assert!(
+        flag("listen").ip().is_loopback(),
+        "the API stays in the pod"
+    );
+    let metrics = flag("metrics-listen");
+    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], Value::Null);
+    let port = &c["ports"][0];
+    assert_eq!(port["name"], "metrics");
+    assert_eq!(port["containerPort"], u64::from(metrics.port()));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    let svc = yaml("service.yaml");
+    assert_eq!(svc["spec"]["ports"][0]["port"], u64::from(metrics.port()));
+    let np = yaml("networkpolicy.yaml");
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "one rule: {ingress:?}");
+    let from = ingress[0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": metrics.port(), "protocol": "TCP"}])
+    );
+    assert_eq!(np["spec"]["egress"], serde_json::json!([]));
+}
+
+#[test]
 fn the_kustomization_lists_every_manifest() {
     let k = yaml("kustomization.yaml");
     let mut listed: Vec<String> = k["resources"]

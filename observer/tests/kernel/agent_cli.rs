@@ -106,6 +106,39 @@ fn bad_flags_exit_64() {
 }
 
 #[test]
+fn bad_listener_flags_are_one_line() {
+    let (code, _, err) = run(&["agent", "--http-max-requests", "0"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--http-max-requests"), "{err}");
+    let (code, _, err) = run(&["agent", "--metrics-listen", "9465"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--metrics-listen"), "{err}");
+}
+
+#[test]
+fn the_metrics_listener_keeps_the_history_off_it() {
+    if !require_bpf() {
+        return;
+    }
+    let agent = Agent::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = agent
+        .metrics_url
+        .clone()
+        .expect("metrics_listen in the ready line");
+    let get = |url: &str| match ureq::get(url).call() {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    assert_eq!(get(&format!("{metrics}/metrics")), 200);
+    assert_eq!(get(&format!("{metrics}/readyz")), 200);
+    assert_eq!(get(&format!("{metrics}/api/v1/events")), 404);
+    assert_eq!(get(&format!("{}/api/v1/events", agent.url)), 200);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[test]
 fn sigterm_detaches_and_exits_cleanly() {
     if !require_bpf() {
         return;

@@ -267,6 +267,8 @@ pub(crate) struct Agent {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     /// `http://127.0.0.1:PORT` of its API.
     pub(crate) url: String,
+    /// `--metrics-listen`'s URL, when the test set it.
+    pub(crate) metrics_url: Option<String>,
     /// Its data dir, unless the test gave one.
     _data: Option<tempfile::TempDir>,
     /// Dropped after the child is stopped (fields drop after `Drop::drop`).
@@ -353,6 +355,7 @@ impl Agent {
             child,
             shared,
             url: String::new(),
+            metrics_url: None,
             _data: data,
             pins: None,
         };
@@ -370,9 +373,16 @@ impl Agent {
                 g.stderr.join("\n")
             );
             let ready = g.stderr.iter().find(|l| l.contains("agent ready")).unwrap();
-            let listen = ready.split("listen=").nth(1).unwrap();
-            let listen = listen.split_whitespace().next().unwrap();
-            agent.url = format!("http://{listen}");
+            let field = |name: &str| {
+                ready
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                    .unwrap()
+                    .to_owned()
+            };
+            agent.url = format!("http://{}", field("listen"));
+            let metrics = field("metrics_listen");
+            agent.metrics_url = (metrics != "off").then(|| format!("http://{metrics}"));
         }
         agent
     }
