@@ -60,8 +60,15 @@ fn fill(s: &mut store::Store, from: u64, n: u64, now: u64) {
 /// The API over the store at `file`, on loopback, as `observer events` reaches it.
 fn serve(file: &std::path::Path) -> String {
     let mut registry = observer::metrics::registry();
-    let _ = observer::agent::register_metrics(&mut registry, 100);
+    let m = observer::agent::register_metrics(&mut registry, 100);
     let state = api::State::new(registry, store::Reader::open(file).unwrap());
+    let args = api::serve::ServeArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        http_header_timeout: Duration::from_secs(10),
+        http_max_connections: 64,
+        http_max_requests: 4,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -69,9 +76,12 @@ fn serve(file: &std::path::Path) -> String {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, api::router(state)).await
+            let (_stop, stop) = tokio::sync::watch::channel(false);
+            let s = api::serve::start(&args, &state, &m.serve, &stop)
+                .await
+                .unwrap();
+            tx.send(s.listen).unwrap();
+            s.join().await
         })
     });
     format!("http://{}/api/v1/events", rx.recv().unwrap())

@@ -11,7 +11,7 @@ pub(crate) fn run() -> Result<()> {
     setup::run()?;
     // The overhead benchmark drives wrk and nginx, which the tests install too.
     crate::test::install_packages()?;
-    for bench in ["store", "overhead"] {
+    for bench in ["store", "abuse", "overhead"] {
         status(Command::new("cargo").args(["bench", "--package", "observer", "--bench", bench]))?;
     }
     Ok(())

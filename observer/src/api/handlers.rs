@@ -106,10 +106,16 @@ pub(super) async fn events(Extract(s): Extract<State>, q: Pairs) -> Response {
     .await;
     match rows {
         Ok(Ok(rows)) => {
+            // One copy of the rows, not two (a joined string): 10,000 events are about 6 MB.
             let mut body =
                 String::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 16);
             body.push_str("{\"events\":[");
-            body.push_str(&rows.join(","));
+            for (i, row) in rows.into_iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&row);
+            }
             body.push_str("]}");
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }

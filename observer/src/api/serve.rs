@@ -84,7 +84,7 @@ pub struct ServeArgs {
 
     /// Requests in flight per listener (until their answer is written); one more is
     /// answered 429.
-    #[arg(long, env = "OBSERVER_HTTP_MAX_REQUESTS", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "OBSERVER_HTTP_MAX_REQUESTS", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_requests: u32,
 }
 

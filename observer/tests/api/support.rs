@@ -70,7 +70,7 @@ pub(crate) fn args() -> ServeArgs {
         metrics_listen: None,
         http_header_timeout: Duration::from_secs(10),
         http_max_connections: 64,
-        http_max_requests: 8,
+        http_max_requests: 4,
     }
 }
 
