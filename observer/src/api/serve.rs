@@ -37,7 +37,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::JoinSet,
@@ -246,14 +246,29 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Answers a connection over the cap with 503 and closes it.
+/// Answers a connection over the cap with 503 and closes it. The request is read and
+/// dropped (up to 64 KiB, within `timeout`) after the answer's FIN: closed unread, it would
+/// turn the close into an RST that can destroy the answer before the client reads it.
 async fn refuse(mut stream: TcpStream, timeout: Duration) {
     let body = r#"{"error":"too many connections (--http-max-connections)"}"#;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(timeout, stream.write_all(answer.as_bytes())).await;
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Serves one connection; on `stop`, finishes the request in flight and closes.

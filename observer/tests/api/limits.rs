@@ -72,7 +72,11 @@ fn a_connection_over_the_cap_gets_503_and_is_counted() {
         .collect();
     // Accepted in order: the third connection is over the cap once both are served.
     thread::sleep(Duration::from_millis(200));
+    // It sends its request at once, as clients do: the 503 still arrives whole.
     let mut third = TcpStream::connect(addr(&s.url)).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     third.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
