@@ -377,12 +377,12 @@ impl Agent {
                 ready
                     .split_whitespace()
                     .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-                    .unwrap()
-                    .to_owned()
             };
-            agent.url = format!("http://{}", field("listen"));
-            let metrics = field("metrics_listen");
-            agent.metrics_url = (metrics != "off").then(|| format!("http://{metrics}"));
+            agent.url = format!("http://{}", field("listen").unwrap());
+            // Absent from the previous release's line (the upgrade test runs it).
+            agent.metrics_url = field("metrics_listen")
+                .filter(|m| *m != "off")
+                .map(|m| format!("http://{m}"));
         }
         agent
     }
