@@ -19,10 +19,13 @@ use std::{
 };
 
 use observer::{
-    api::{self, serve::ServeArgs},
+    api,
     events::{Event, Kind, Role},
     store,
 };
+
+#[path = "../tests/api/serving.rs"]
+mod serving;
 
 const EVENTS: u64 = 12_000;
 const NON_READERS: usize = 60;
@@ -65,29 +68,9 @@ fn serve(file: &std::path::Path) -> (SocketAddr, SocketAddr) {
     let m = observer::agent::register_metrics(&mut registry, 100);
     let state = api::State::new(registry, store::Reader::open(file).unwrap());
     state.set_ready();
-    let args = ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        http_header_timeout: Duration::from_secs(10),
-        http_max_connections: 64,
-        http_max_requests: 4,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (_stop, stop) = tokio::sync::watch::channel(false);
-            let s = api::serve::start(&args, &state, &m.serve, &stop)
-                .await
-                .unwrap();
-            tx.send((s.listen, s.metrics_listen.unwrap())).unwrap();
-            s.join().await
-        })
-    });
-    rx.recv().unwrap()
+    let (listen, metrics) =
+        serving::serve_on_thread(state, m.serve, &["--metrics-listen", "127.0.0.1:0"]);
+    (listen, metrics.unwrap())
 }
 
 /// The abusers, one Python process: it prints `ready` once every socket is open.

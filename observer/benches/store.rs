@@ -20,6 +20,9 @@ use observer::{
     store::{self, Filter},
 };
 
+#[path = "../tests/api/serving.rs"]
+mod serving;
+
 const EVENTS: u64 = 100_000;
 const RUNS: usize = 50;
 const DAY_NS: u64 = 86_400_000_000_000;
@@ -62,29 +65,8 @@ fn serve(file: &std::path::Path) -> String {
     let mut registry = observer::metrics::registry();
     let m = observer::agent::register_metrics(&mut registry, 100);
     let state = api::State::new(registry, store::Reader::open(file).unwrap());
-    let args = api::serve::ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        http_header_timeout: Duration::from_secs(10),
-        http_max_connections: 64,
-        http_max_requests: 4,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (_stop, stop) = tokio::sync::watch::channel(false);
-            let s = api::serve::start(&args, &state, &m.serve, &stop)
-                .await
-                .unwrap();
-            tx.send(s.listen).unwrap();
-            s.join().await
-        })
-    });
-    format!("http://{}/api/v1/events", rx.recv().unwrap())
+    let (listen, _) = serving::serve_on_thread(state, m.serve, &[]);
+    format!("http://{listen}/api/v1/events")
 }
 
 /// File sizes after each of three refills of `EVENTS`, pruned to `EVENTS` rows as they come.

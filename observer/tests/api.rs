@@ -10,6 +10,8 @@ use serde_json::Value;
 
 #[path = "api/limits.rs"]
 mod limits;
+#[path = "api/serving.rs"]
+mod serving;
 #[path = "api/support.rs"]
 mod support;
 

@@ -21,7 +21,8 @@ use crate::{
 
 type Pairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+/// `{"error": msg}` with `status`: every refusal of the API, its listeners' included.
+pub(super) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": msg.to_string() }))).into_response()
 }
 

@@ -25,7 +25,6 @@ use std::{
 use axum::{
     Router,
     body::{Body, Bytes},
-    response::IntoResponse as _,
 };
 use clap::Args;
 use http_body::{Frame, SizeHint};
@@ -289,7 +288,10 @@ async fn connection(
         async move {
             let Ok(permit) = permit else {
                 metrics.inc("requests");
-                return Ok::<_, std::convert::Infallible>(busy());
+                return Ok::<_, std::convert::Infallible>(super::handlers::error(
+                    hyper::StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests in flight (--http-max-requests)",
+                ));
             };
             let answer = tower_service::Service::call(&mut router, req).await?;
             // The slot is held until the answer's last byte is written (or the body dropped).
@@ -320,17 +322,6 @@ async fn connection(
             stalled.inc("stalled_reader");
         }
     }
-}
-
-/// The 429 answer to a request over `--http-max-requests`.
-fn busy() -> hyper::Response<Body> {
-    (
-        hyper::StatusCode::TOO_MANY_REQUESTS,
-        axum::Json(
-            serde_json::json!({"error": "too many requests in flight (--http-max-requests)"}),
-        ),
-    )
-        .into_response()
 }
 
 /// An answer's body that keeps its request's in-flight slot until it is written. It hands

@@ -12,7 +12,7 @@ use std::{
 
 use observer::events::Kind;
 
-use super::support::{args, event, get, serve_with};
+use super::support::{event, get, serve_with};
 
 /// `observer_http_shed_total{reason}` in `url`'s `/metrics`.
 fn shed(url: &str, reason: &str) -> u64 {
@@ -40,10 +40,8 @@ fn addr(url: &str) -> &str {
 
 #[test]
 fn the_metrics_listener_serves_metrics_and_probes_only() {
-    let mut a = args();
-    a.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let s = serve_with(
-        a,
+        &["--metrics-listen", "127.0.0.1:0"],
         vec![event(Kind::RstOnClose, 1, "curl", "10.0.0.1", 80, 1)],
     );
     let m = s.metrics_url.clone().unwrap();
@@ -64,9 +62,7 @@ fn the_metrics_listener_serves_metrics_and_probes_only() {
 
 #[test]
 fn a_connection_over_the_cap_gets_503_and_is_counted() {
-    let mut a = args();
-    a.http_max_connections = 2;
-    let s = serve_with(a, vec![]);
+    let s = serve_with(&["--http-max-connections", "2"], vec![]);
     let held: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(addr(&s.url)).unwrap())
         .collect();
@@ -94,9 +90,7 @@ fn a_connection_over_the_cap_gets_503_and_is_counted() {
 
 #[test]
 fn a_head_that_never_ends_is_cut_and_a_huge_one_refused() {
-    let mut a = args();
-    a.http_header_timeout = Duration::from_secs(1);
-    let s = serve_with(a, vec![]);
+    let s = serve_with(&["--http-header-timeout", "1s"], vec![]);
     // One header byte every 100 ms, for up to 20 s: the server closes it first.
     let mut slow = TcpStream::connect(addr(&s.url)).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nx-slow: ")
@@ -127,14 +121,14 @@ fn a_head_that_never_ends_is_cut_and_a_huge_one_refused() {
 
 #[test]
 fn a_client_that_stops_reading_holds_its_slot_until_cut() {
-    let mut a = args();
-    a.http_max_requests = 1;
-    a.http_header_timeout = Duration::from_secs(1);
     // An answer of several MB: more than the sockets between server and client can hold.
     let events = (0..10_000)
         .map(|i| event(Kind::RstOnClose, i, "curl", "10.0.0.1", 80, u64::from(i)))
         .collect();
-    let s = serve_with(a, events);
+    let s = serve_with(
+        &["--http-max-requests", "1", "--http-header-timeout", "1s"],
+        events,
+    );
     let port = addr(&s.url).rsplit(':').next().unwrap().to_owned();
     let mut client = Command::new("python3")
         .args([

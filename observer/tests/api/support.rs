@@ -1,18 +1,19 @@
-//! The API tests' server: the agent's real listeners over a real SQLite history fed with
-//! events, on 127.0.0.1:0.
+//! The API tests' server: the agent's real listeners ([`crate::serving`]) over a real SQLite
+//! history fed with events, on 127.0.0.1:0.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::Mutex,
-    time::Duration,
 };
 
 use observer::{
-    api::{self, serve::ServeArgs},
+    api,
     events::{Event, Kind, Role},
     metrics, store,
 };
 use serde_json::Value;
+
+use crate::serving::serve_on_thread;
 
 pub(crate) const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
 
@@ -60,22 +61,11 @@ pub(crate) struct Server {
 
 /// An API on 127.0.0.1:0 over a history holding `events` (ids 1..), not yet ready.
 pub(crate) fn serve(events: Vec<Event>) -> Server {
-    serve_with(args(), events)
+    serve_with(&[], events)
 }
 
-/// The default listener flags, on 127.0.0.1:0.
-pub(crate) fn args() -> ServeArgs {
-    ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        http_header_timeout: Duration::from_secs(10),
-        http_max_connections: 64,
-        http_max_requests: 4,
-    }
-}
-
-/// [`serve`] with the listeners `args` asks for.
-pub(crate) fn serve_with(args: ServeArgs, mut events: Vec<Event>) -> Server {
+/// [`serve`] with the listener flags `flags` (as `observer agent` takes them).
+pub(crate) fn serve_with(flags: &[&str], mut events: Vec<Event>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut st = store::open(dir.path()).unwrap();
     st.append(&mut events).unwrap();
@@ -83,24 +73,7 @@ pub(crate) fn serve_with(args: ServeArgs, mut events: Vec<Event>) -> Server {
     let _ = metrics::SelfMetrics::register(&mut registry);
     let shed = api::serve::Metrics::register(&mut registry);
     let state = api::State::new(registry, store::Reader::open(st.file()).unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let served = state.clone();
-    // The server lives on a thread of its own until the test process ends.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (_stop, stop) = tokio::sync::watch::channel(false);
-            let servers = api::serve::start(&args, &served, &shed, &stop)
-                .await
-                .unwrap();
-            tx.send((servers.listen, servers.metrics_listen)).unwrap();
-            servers.join().await
-        })
-    });
-    let (listen, metrics_listen) = rx.recv().unwrap();
+    let (listen, metrics_listen) = serve_on_thread(state.clone(), shed, flags);
     Server {
         url: format!("http://{listen}"),
         metrics_url: metrics_listen.map(|a| format!("http://{a}")),
