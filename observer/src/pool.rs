@@ -13,7 +13,7 @@
 //!   the programs recorded when that socket closed first (`CLOSERS`, one entry per socket,
 //!   deleted once two listings in a row no longer show it: [`time_wait`]), and local ports in
 //!   use per (source address, destination) against the namespace's `ip_local_port_range` — at most
-//!   once per scan and at most 5% of the time (the kernel walks every socket per namespace);
+//!   once per scan and using at most 5% of a core (the kernel walks every socket per namespace);
 //! * runs the detectors ([`detect`]) and sends their events to the writers.
 //!
 //! At start-up it records the owners of listening sockets that predate the programs, so the
@@ -45,7 +45,7 @@ use crate::{
     enrich::{Attribution, Enricher},
     events::{
         Event, Figures, Kind, Role,
-        decode::{Decoder, addr, comm, monotonic_ns},
+        decode::{Decoder, addr, comm, monotonic_ns, thread_cpu_ns},
     },
     map_read,
     metrics::{HasPeer, PeerSeries, Peers, SelfMetrics, WorkloadPeer, labelled_peer},
@@ -143,8 +143,10 @@ pub struct Metrics {
     ports_in_use: Family<PortLabels, Gauge>,
     ports_ratio: Family<PortLabels, Gauge<f64, AtomicU64>>,
     flows_entries: Gauge,
-    /// How long the last listing of every namespace's sockets took.
+    /// How long the last listing of every namespace's sockets took, and the CPU time it used.
     pub listing_seconds: Gauge<f64, AtomicU64>,
+    listing_cpu_seconds: Gauge<f64, AtomicU64>,
+    listing_failures: Counter,
 }
 
 impl Metrics {
@@ -164,6 +166,8 @@ impl Metrics {
                 observer_common::maps::FLOWS_MAX_ENTRIES,
             ),
             listing_seconds: Gauge::default(),
+            listing_cpu_seconds: Gauge::default(),
+            listing_failures: Counter::default(),
         };
         registry.register(
             "connections_opened",
@@ -198,9 +202,20 @@ impl Metrics {
         );
         registry.register_with_unit(
             "socket_listing_duration",
-            "How long the last sock_diag listing of every namespace's sockets took (TIME_WAIT and ephemeral ports are refreshed at most every 20 times this)",
+            "How long the last sock_diag listing of every namespace's sockets took",
             Unit::Seconds,
             m.listing_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "socket_listing_cpu",
+            "CPU time the last listing of every namespace's sockets used (TIME_WAIT and ephemeral ports are refreshed at most every 20 times this)",
+            Unit::Seconds,
+            m.listing_cpu_seconds.clone(),
+        );
+        registry.register(
+            "socket_listing_failures",
+            "Namespaces a listing could not enter or list: their sockets are missing from that listing's TIME_WAIT and ephemeral-port gauges",
+            m.listing_failures.clone(),
         );
         registry.register(
             "ephemeral_ports_ratio",
@@ -400,20 +415,25 @@ impl Monitor {
         if now >= self.next_listing {
             let started = Instant::now();
             let started_ns = monotonic_ns();
+            let cpu_before = thread_cpu_ns();
             let namespaces = sock_diag::namespaces();
-            let listing: Vec<ports::Netns> = sock_diag::in_each(&namespaces, ports::here)
-                .into_iter()
-                .map(|(_, ns)| ns)
-                .collect();
+            let visits = sock_diag::visit_each(&namespaces, ports::here);
+            self.metrics.listing_failures.inc_by(visits.failed);
+            let listing: Vec<ports::Netns> = visits.answers.into_iter().map(|(_, ns)| ns).collect();
             self.time_wait(&listing, started_ns);
             let since = now.duration_since(self.last_listing);
             events.extend(self.ports(&listing, &seen, since, now));
-            let took = started.elapsed();
-            self.metrics.listing_seconds.set(took.as_secs_f64());
+            let cpu = visits.cpu + Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_before));
+            self.metrics
+                .listing_seconds
+                .set(started.elapsed().as_secs_f64());
+            self.metrics.listing_cpu_seconds.set(cpu.as_secs_f64());
             // Listing costs the kernel a walk of every socket per namespace: on a node with
             // many of both, wait long enough that it takes at most 1/LISTING_SHARE of a core.
+            // CPU time, not wall time: on a busy node the listing waits for a core, which
+            // costs nothing and would space listings out past the sockets they count.
             self.last_listing = now;
-            self.next_listing = started + took * LISTING_SHARE;
+            self.next_listing = started + cpu * LISTING_SHARE;
         }
         events
     }

@@ -14,9 +14,12 @@ use std::{
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
     sync::Arc,
+    time::Duration,
 };
 
 use observer_common::tcp::{AF_INET, AF_INET6, CLOSE_WAIT, IPPROTO_TCP};
+
+use crate::events::decode::thread_cpu_ns;
 
 /// A connection as `sock_diag` and events both name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,22 +116,51 @@ pub fn in_each<T: Send>(
     namespaces: &Namespaces,
     f: impl Fn(u32) -> io::Result<T> + Sync,
 ) -> Vec<(u32, T)> {
-    let mut out = Vec::new();
+    visit_each(namespaces, f).answers
+}
+
+/// What [`visit_each`] found.
+pub struct Visits<T> {
+    /// The answers of the namespaces it could enter and list, by inode.
+    pub answers: Vec<(u32, T)>,
+    /// Namespaces it could not enter or list.
+    pub failed: u64,
+    /// CPU time its threads used (for `sock_diag`, mostly the kernel walking socket tables).
+    pub cpu: Duration,
+}
+
+/// [`in_each`], also counting the namespaces that failed and the CPU time spent in them.
+pub fn visit_each<T: Send>(
+    namespaces: &Namespaces,
+    f: impl Fn(u32) -> io::Result<T> + Sync,
+) -> Visits<T> {
+    let mut out = Visits {
+        answers: Vec::new(),
+        failed: 0,
+        cpu: Duration::ZERO,
+    };
     for (&ino, ns) in namespaces {
         let res = std::thread::scope(|s| {
-            s.spawn(|| -> io::Result<T> {
+            s.spawn(|| {
                 // SAFETY: setns on this thread only, with an open namespace fd.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                f(ino)
+                let res = if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    f(ino)
+                };
+                (res, Duration::from_nanos(thread_cpu_ns()))
             })
             .join()
         });
-        match res {
-            Ok(Ok(found)) => out.push((ino, found)),
-            Ok(Err(e)) => tracing::debug!(netns = ino, error = %e, "namespace visit failed"),
-            Err(_) => tracing::warn!(netns = ino, "namespace thread panicked"),
+        let Ok((res, cpu)) = res else {
+            out.failed += 1;
+            tracing::warn!(netns = ino, "namespace thread panicked");
+            continue;
+        };
+        out.cpu += cpu;
+        if let Err(e) = res.map(|found| out.answers.push((ino, found))) {
+            out.failed += 1;
+            tracing::debug!(netns = ino, error = %e, "namespace visit failed");
         }
     }
     out

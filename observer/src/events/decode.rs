@@ -37,9 +37,14 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid out-pointer; both clocks always exist on Linux.
+    // SAFETY: `ts` is a valid out-pointer; the clocks used here always exist on Linux.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CPU time the calling thread has used, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)).unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.

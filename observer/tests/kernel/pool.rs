@@ -490,35 +490,56 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
                 c.local_addr().unwrap().port()
             })
             .collect();
-        // Each process's TIME_WAIT sockets, as ss lists them.
+        // Each process's TIME_WAIT sockets, as ss lists them. A port of python3's that this
+        // process took over (loopback reuses a TIME_WAIT tuple a second old) is this
+        // process's now: it closed that tuple last, and first.
         let listed = time_wait_ports(port);
-        let count = |ports: &[u16]| listed.iter().filter(|p| ports.contains(p)).count();
-        (count(&own), count(&python))
+        let mine = listed.iter().filter(|p| own.contains(p)).count();
+        let theirs = listed
+            .iter()
+            .filter(|p| python.contains(p) && !own.contains(p))
+            .count();
+        (mine, theirs)
     });
-    assert_eq!(
-        (mine, theirs),
-        (200, 300),
-        "ss lists every TIME_WAIT socket"
+    assert!(
+        mine == 200 && theirs > 250,
+        "ss lists every TIME_WAIT socket: {mine} of this process's, {theirs} of python3's"
     );
     let peer = format!("127.0.0.1:{port}");
     let own = own_comm();
-    wait_metrics(
-        &agent.url,
-        Duration::from_secs(15),
-        "200 and 300 TIME_WAIT",
-        |t| {
+    // What every scrape showed, for the failure message (CI keeps its first and last lines).
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    loop {
+        let t = scrape(&agent.url);
+        let now = [
             sample(
-                t,
+                &t,
                 "observer_time_wait_sockets",
                 &[("comm", "python3"), ("peer", &peer)],
-            ) == Some(theirs as f64)
-                && sample(
-                    t,
-                    "observer_time_wait_sockets",
-                    &[("comm", &own), ("peer", &peer)],
-                ) == Some(mine as f64)
-        },
-    );
+            ),
+            sample(
+                &t,
+                "observer_time_wait_sockets",
+                &[("comm", &own), ("peer", &peer)],
+            ),
+            sample(&t, "observer_socket_listing_cpu_seconds", &[]),
+            sample(&t, "observer_socket_listing_duration_seconds", &[]),
+            sample(&t, "observer_socket_listing_failures_total", &[]),
+        ];
+        if now[..2] == [Some(theirs as f64), Some(mine as f64)] {
+            break;
+        }
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{theirs} python3 and {mine} own TIME_WAIT never shown; each change of \
+             [python3, own, listing cpu s, listing s, listing failures]:\n{seen:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// nginx from Debian's package on `ports` (keep-alive allowed), in the calling thread's

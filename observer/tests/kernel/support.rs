@@ -184,11 +184,15 @@ pub(crate) fn scrape(url: &str) -> String {
         .unwrap()
 }
 
-/// The value of the sample `name{...}` whose labels include every pair of `labels`.
+/// The value of the sample `name{...}` (or plain `name`) whose labels include every pair of
+/// `labels`.
 pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
+        let rest = l.strip_prefix(name)?;
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
         labels
             .iter()
             .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
