@@ -65,7 +65,7 @@ fn rss() -> (f64, f64) {
 /// Both listeners over `file`, with the default budgets.
 fn serve(file: &std::path::Path) -> (SocketAddr, SocketAddr) {
     let mut registry = observer::metrics::registry();
-    let m = observer::agent::register_metrics(&mut registry, 100);
+    let m = observer::agent::register_metrics(&mut registry, observer::metrics::Limits::default());
     let state = api::State::new(registry, store::Reader::open(file).unwrap());
     state.set_ready();
     let (listen, metrics) =

@@ -63,7 +63,7 @@ fn fill(s: &mut store::Store, from: u64, n: u64, now: u64) {
 /// The API over the store at `file`, on loopback, as `observer events` reaches it.
 fn serve(file: &std::path::Path) -> String {
     let mut registry = observer::metrics::registry();
-    let m = observer::agent::register_metrics(&mut registry, 100);
+    let m = observer::agent::register_metrics(&mut registry, observer::metrics::Limits::default());
     let state = api::State::new(registry, store::Reader::open(file).unwrap());
     let (listen, _) = serving::serve_on_thread(state, m.serve, &[]);
     format!("http://{listen}/api/v1/events")

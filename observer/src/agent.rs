@@ -23,7 +23,7 @@ use crate::{
     events::{decode::Decoder, link, reader},
     host,
     layout::Layout,
-    metrics::{self, Deltas, Peers, SelfMetrics},
+    metrics::{self, Deltas, Labeller, SelfMetrics},
     output, pool,
     probes::{self, Probes},
     shutdown::Shutdown,
@@ -48,8 +48,8 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
 pub struct Registered {
     /// Losses, probes, build, map fill.
     pub self_metrics: SelfMetrics,
-    /// The bounded peer label.
-    pub peers: Arc<Peers>,
+    /// The bounded peer and workload labels.
+    pub labeller: Arc<Labeller>,
     /// Detector counters.
     pub events: output::Metrics,
     /// CLOSE_WAIT gauges.
@@ -63,17 +63,17 @@ pub struct Registered {
 /// Registers every metric the agent exports (also used to check `docs/metrics.md`).
 pub fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
-    peer_label_limit: usize,
+    limits: metrics::Limits,
 ) -> Registered {
     let self_metrics = SelfMetrics::register(registry);
-    let peers = Arc::new(Peers::register(registry, peer_label_limit));
-    let events = output::Metrics::register(registry, &peers);
+    let labeller = Arc::new(Labeller::register(registry, limits));
+    let events = output::Metrics::register(registry, &labeller);
     let close_wait = close_wait::Metrics::register(registry, &self_metrics);
-    let pool = pool::Metrics::register(registry, &self_metrics, &peers);
+    let pool = pool::Metrics::register(registry, &self_metrics, &labeller);
     let serve = api::serve::Metrics::register(registry);
     Registered {
         self_metrics,
-        peers,
+        labeller,
         events,
         close_wait,
         pool,
@@ -125,12 +125,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut registry = metrics::registry();
     let Registered {
         self_metrics,
-        peers,
+        labeller,
         events: event_metrics,
         close_wait: close_wait_metrics,
         pool: pool_metrics,
         serve: serve_metrics,
-    } = register_metrics(&mut registry, args.peer_label_limit);
+    } = register_metrics(&mut registry, metrics::Limits::from(&args.labels));
     (self_metrics.store_moved_aside).inc_by(u64::from(store.moved_aside().is_some()));
     let state = api::State::new(registry, reader_db);
     let totals = state.totals.clone();
@@ -155,7 +155,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.close_wait_threshold,
         decoder.clone(),
         close_wait_metrics,
-        peers.clone(),
+        labeller.clone(),
         state.live.clone(),
         enricher.clone(),
     )
@@ -164,7 +164,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         probes.take_pool()?,
         pool::detect::Thresholds::from(&args.pool),
         pool_metrics,
-        peers.clone(),
+        labeller.clone(),
         enricher.clone(),
         decoder.clone(),
     );
@@ -172,7 +172,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         store,
         mode: args.log_events,
         metrics: event_metrics,
-        peers,
+        labeller,
         self_metrics: self_metrics.clone(),
         totals,
         retention: args.retention,

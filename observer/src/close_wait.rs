@@ -40,7 +40,7 @@ use crate::{
         Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
-    metrics::{Peers, SelfMetrics, WorkloadPeer, labelled_peer},
+    metrics::{Labeller, SelfMetrics, Workload, WorkloadPeer, labelled_peer},
     owners,
     probes::Promoter,
     sock_diag as diag,
@@ -111,7 +111,7 @@ pub struct Tracker {
     /// Owners found in `/proc` for reported leaks, for their `close_wait_resolved`.
     attributed: HashMap<Tuple, owners::Owner>,
     metrics: Metrics,
-    peers: Arc<Peers>,
+    labeller: Arc<Labeller>,
     live: Live,
     enricher: Arc<Mutex<Enricher>>,
     /// The `iter/tcp` promotion, where the kernel has it.
@@ -210,7 +210,7 @@ impl Metrics {
 
     /// Replaces every series with the counts and oldest ages of `views`, and the map's fill
     /// level with `entries`.
-    pub fn set(&self, views: &[SocketView], peers: &Peers, entries: usize) {
+    pub fn set(&self, views: &[SocketView], labeller: &Labeller, entries: usize) {
         self.map_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         // Grouped by borrowed fields first: tens of thousands of sockets share a few label
@@ -232,13 +232,13 @@ impl Metrics {
         }
         let mut by: BTreeMap<WorkloadPeer, (i64, u64)> = BTreeMap::new();
         for ((namespace, pod, container, comm, role, peer), (n, oldest)) in groups {
-            let labels = WorkloadPeer {
+            let workload = Workload {
                 namespace: namespace.to_owned(),
                 pod: pod.to_owned(),
                 container: container.to_owned(),
                 comm: comm.to_owned(),
-                peer: peers.label(role, peer),
             };
+            let labels = labeller.workload_peer(workload, role, peer);
             let slot = by.entry(labels).or_default();
             slot.0 += n;
             slot.1 = slot.1.max(oldest);
@@ -261,7 +261,7 @@ impl Tracker {
         threshold: Duration,
         decoder: Decoder,
         metrics: Metrics,
-        peers: Arc<Peers>,
+        labeller: Arc<Labeller>,
         live: Live,
         enricher: Arc<Mutex<Enricher>>,
     ) -> Self {
@@ -273,7 +273,7 @@ impl Tracker {
             owners: HashMap::new(),
             attributed: HashMap::new(),
             metrics,
-            peers,
+            labeller,
             live,
             enricher,
             promoter: None,
@@ -445,7 +445,7 @@ impl Tracker {
                     (a.container_id, a.container, a.pod, a.namespace);
             }
         }
-        self.metrics.set(&views, &self.peers, entries.len());
+        self.metrics.set(&views, &self.labeller, entries.len());
         *self
             .live
             .lock()

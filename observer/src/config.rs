@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: attach the probes, serve the HTTP API and /metrics, store and log events.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Load and attach every probe, print the attach plan, kernel release and BTF offsets,
     /// detach; exit 0 when the required hooks work, 1 otherwise.
     Check(ProbeArgs),
@@ -290,14 +290,9 @@ pub struct AgentArgs {
     )]
     pub container_logs: PathBuf,
 
-    /// Distinct peers named in metric labels; more fold into `peer="other"`.
-    #[arg(
-        long,
-        env = "OBSERVER_PEER_LABEL_LIMIT",
-        value_name = "N",
-        default_value_t = 100
-    )]
-    pub peer_label_limit: usize,
+    #[command(flatten)]
+    /// Bounds on peer and workload labels.
+    pub labels: LabelArgs,
     #[command(flatten)]
     /// Pool-health scan and detector thresholds.
     pub pool: PoolArgs,
@@ -569,6 +564,50 @@ mod tests {
                 a.validate().unwrap_err().to_string(),
                 format!("invalid {flag}: {why}")
             );
+        }
+    }
+}
+
+/// Bounds on the peer and workload labels of the detector series.
+#[derive(Args, Debug, Clone)]
+pub struct LabelArgs {
+    /// Distinct peers named in metric labels; more fold into `peer="other"`.
+    #[arg(
+        long,
+        env = "OBSERVER_PEER_LABEL_LIMIT",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub peer_label_limit: usize,
+
+    /// Distinct workloads (namespace, pod, container, comm) named in metric labels; more fold
+    /// into "other".
+    #[arg(
+        long,
+        env = "OBSERVER_WORKLOAD_LABEL_LIMIT",
+        value_name = "N",
+        default_value_t = 250
+    )]
+    pub workload_label_limit: usize,
+
+    /// How long a peer or workload goes unused before its name is freed and its counter
+    /// series are removed.
+    #[arg(
+        long,
+        env = "OBSERVER_LABEL_IDLE",
+        value_name = "DURATION",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub label_idle: std::time::Duration,
+}
+
+impl From<&LabelArgs> for crate::metrics::Limits {
+    fn from(a: &LabelArgs) -> Self {
+        Self {
+            peers: a.peer_label_limit,
+            workloads: a.workload_label_limit,
+            idle: a.label_idle,
         }
     }
 }

@@ -54,7 +54,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(agent::run(args))?;
+            rt.block_on(agent::run(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(args) => cli::events(&args).map(|()| ExitCode::SUCCESS),

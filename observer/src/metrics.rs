@@ -4,7 +4,7 @@
 //!
 //! Cardinality is bounded by construction: workload labels come from the owner (namespace,
 //! pod, container, comm; empty where unknown), the peer label is `ip:port` for at most
-//! [`Peers`]' limit of active peers and `other` beyond it (the folded count is itself a
+//! [`Labeller`]'s limit of active peers and `other` beyond it (the folded count is itself a
 //! metric; counter series of a peer whose name is reused are removed, [`PeerSeries`]), and
 //! ephemeral ports never become labels: a server's peers are labelled by address only.
 
@@ -15,7 +15,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -24,13 +23,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    events::{Event, Role},
-    probes::PlanEntry,
-};
+use crate::{events::Role, probes::PlanEntry};
 
+mod labeller;
 #[cfg(test)]
 mod tests;
+
+use labeller::Forgotten;
+pub use labeller::{LABEL_IDLE, Labeller, Limits, Workload};
 
 /// A new registry with the `observer` prefix.
 pub fn registry() -> Registry {
@@ -62,143 +62,57 @@ pub struct WorkloadPeer {
     pub peer: String,
 }
 
-/// How long a named peer must go unused before its name may go to a new peer.
-pub const PEER_IDLE: Duration = Duration::from_mins(10);
-
-/// A callback told each peer name that stops being named.
-type Forget = Box<dyn Fn(&str) + Send + Sync>;
-
-/// The peer label, bounded: at most `limit` peers are named at a time. A new peer takes a free
-/// name, or the name of the peer unused longest if that one has been idle for [`PEER_IDLE`]
-/// (whose counter series are then removed, see [`PeerSeries`]); otherwise it folds into
-/// `other` (counted in `observer_peer_labels_folded_total`). So the named peers follow the
-/// active ones instead of being the first ever seen.
-pub struct Peers {
-    limit: usize,
-    state: Mutex<PeerState>,
-    folded: Counter,
-}
-
-#[derive(Default)]
-struct PeerState {
-    /// Named peers and when each was last labelled.
-    named: HashMap<String, Instant>,
-    forget: Vec<Forget>,
-}
-
-impl Peers {
-    /// A labeller naming at most `limit` peers.
-    pub fn register(registry: &mut Registry, limit: usize) -> Self {
-        let folded = Counter::default();
-        registry.register(
-            "peer_labels_folded",
-            "Series updates whose peer was folded into peer=\"other\" (more active peers than --peer-label-limit)",
-            folded.clone(),
-        );
-        Self {
-            limit,
-            state: Mutex::new(PeerState::default()),
-            folded,
-        }
-    }
-
-    /// How many peers may be named.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// Counts `n` series updates folded into `other` elsewhere (ephemeral-port pairs).
-    pub fn folded(&self, n: u64) {
-        self.folded.inc_by(n);
-    }
-
-    /// Calls `f` with each peer name that stops being named.
-    pub fn on_forget(&self, f: impl Fn(&str) + Send + Sync + 'static) {
-        self.lock().forget.push(Box::new(f));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PeerState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The peer label for a connection to `peer` in `role`.
-    pub fn label(&self, role: Role, peer: SocketAddr) -> String {
-        self.label_at(role, peer, Instant::now())
-    }
-
-    /// [`Self::label`] at `now`.
-    pub fn label_at(&self, role: Role, peer: SocketAddr, now: Instant) -> String {
-        let labelled = labelled_peer(role, peer);
-        let name = if labelled.port() == 0 {
-            labelled.ip().to_string()
-        } else {
-            labelled.to_string()
-        };
-        // Short critical section, never held across an await.
-        let mut state = self.lock();
-        if let Some(last) = state.named.get_mut(&name) {
-            *last = now;
-            return name;
-        }
-        if state.named.len() >= self.limit {
-            let oldest = state
-                .named
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .filter(|(_, t)| now.saturating_duration_since(**t) >= PEER_IDLE)
-                .map(|(n, _)| n.clone());
-            let Some(oldest) = oldest else {
-                self.folded.inc();
-                return "other".to_owned();
-            };
-            state.named.remove(&oldest);
-            for f in &state.forget {
-                f(&oldest);
-            }
-        }
-        state.named.insert(name.clone(), now);
-        name
-    }
-
-    /// The labels of an event's owner and peer.
-    pub fn of_event(&self, e: &Event) -> WorkloadPeer {
-        WorkloadPeer {
-            namespace: e.namespace.clone().unwrap_or_default(),
-            pod: e.pod.clone().unwrap_or_default(),
-            container: e.container.clone().unwrap_or_default(),
-            comm: e.comm.clone(),
-            peer: self.label(e.role, SocketAddr::new(e.peer_addr, e.peer_port)),
-        }
-    }
-}
-
-/// A label set with a peer label.
+/// A label set with a peer and a workload, whose series go when either stops being named.
 pub trait HasPeer {
     /// The `peer` label.
     fn peer(&self) -> &str;
+    /// The workload labels.
+    fn workload(&self) -> Workload;
 }
 
 impl HasPeer for WorkloadPeer {
     fn peer(&self) -> &str {
         &self.peer
     }
+
+    fn workload(&self) -> Workload {
+        Workload {
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            comm: self.comm.clone(),
+        }
+    }
 }
 
 /// A family of counter-like series (they are never rebuilt) whose label sets are remembered
-/// by peer, so that the series of a peer [`Peers`] stops naming are removed with it and the
-/// exposition stays bounded.
+/// by peer and by workload, so that the series of a peer or workload the [`Labeller`] stops
+/// naming are removed with it and the exposition stays bounded.
 pub struct PeerSeries<L, M> {
     family: Family<L, M>,
-    by_peer: Arc<Mutex<HashMap<String, HashSet<L>>>>,
+    known: Arc<Mutex<Known<L>>>,
+}
+
+/// The label sets of a [`PeerSeries`], by peer and by workload.
+struct Known<L> {
+    by_peer: HashMap<String, HashSet<L>>,
+    by_workload: HashMap<Workload, HashSet<L>>,
+}
+
+impl<L> Default for Known<L> {
+    fn default() -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            by_workload: HashMap::new(),
+        }
+    }
 }
 
 impl<L, M> Clone for PeerSeries<L, M> {
     fn clone(&self) -> Self {
         Self {
             family: self.family.clone(),
-            by_peer: self.by_peer.clone(),
+            known: self.known.clone(),
         }
     }
 }
@@ -208,20 +122,31 @@ where
     L: Clone + std::hash::Hash + Eq + HasPeer + Send + Sync + 'static,
     M: Default + Send + Sync + 'static,
 {
-    /// A family whose series follow `peers`' names.
-    pub fn new(peers: &Peers) -> Self {
+    /// A family whose series follow `labeller`'s names.
+    pub fn new(labeller: &Labeller) -> Self {
         let s = Self {
             family: Family::default(),
-            by_peer: Arc::default(),
+            known: Arc::default(),
         };
-        let (family, by_peer) = (s.family.clone(), s.by_peer.clone());
-        peers.on_forget(move |peer| {
-            let gone = by_peer
+        let (family, known) = (s.family.clone(), s.known.clone());
+        labeller.on_forget(move |gone| {
+            let mut known = known
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(peer);
-            for labels in gone.into_iter().flatten() {
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sets = match gone {
+                Forgotten::Peer(p) => known.by_peer.remove(p),
+                Forgotten::Workload(w) => known.by_workload.remove(w),
+            };
+            for labels in sets.into_iter().flatten() {
                 family.remove(&labels);
+                // The other index forgets it too.
+                let (peer, workload) = (labels.peer().to_owned(), labels.workload());
+                if let Some(set) = known.by_peer.get_mut(&peer) {
+                    set.remove(&labels);
+                }
+                if let Some(set) = known.by_workload.get_mut(&workload) {
+                    set.remove(&labels);
+                }
             }
         });
         s
@@ -235,13 +160,18 @@ where
     /// Calls `f` with the series of `labels`, created if absent.
     pub fn with(&self, labels: &L, f: impl FnOnce(&M)) {
         {
-            let mut by_peer = self
-                .by_peer
+            let mut known = self
+                .known
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let set = by_peer.entry(labels.peer().to_owned()).or_default();
-            if !set.contains(labels) {
-                set.insert(labels.clone());
+            let by_peer = known.by_peer.entry(labels.peer().to_owned()).or_default();
+            if !by_peer.contains(labels) {
+                by_peer.insert(labels.clone());
+                known
+                    .by_workload
+                    .entry(labels.workload())
+                    .or_default()
+                    .insert(labels.clone());
             }
         }
         f(&self.family.get_or_create(labels));

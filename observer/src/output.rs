@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::{
     enrich::Enricher,
     events::{Event, Kind, link},
-    metrics::{PeerSeries, Peers, SelfMetrics, Totals, WorkloadPeer},
+    metrics::{Labeller, PeerSeries, SelfMetrics, Totals, WorkloadPeer},
     owners,
     store::Store,
 };
@@ -46,13 +46,13 @@ impl Metrics {
     /// Registers `observer_rst_on_close_total`, `observer_linger_abort_total` and
     /// `observer_close_wait_leaks_total`, `observer_resets_received_total` and
     /// `observer_connects_refused_total`.
-    pub fn register(registry: &mut Registry, peers: &Peers) -> Self {
+    pub fn register(registry: &mut Registry, labeller: &Labeller) -> Self {
         let m = Self {
-            rst_on_close: PeerSeries::new(peers),
-            linger_abort: PeerSeries::new(peers),
-            close_wait_leaks: PeerSeries::new(peers),
-            resets_received: PeerSeries::new(peers),
-            connects_refused: PeerSeries::new(peers),
+            rst_on_close: PeerSeries::new(labeller),
+            linger_abort: PeerSeries::new(labeller),
+            close_wait_leaks: PeerSeries::new(labeller),
+            resets_received: PeerSeries::new(labeller),
+            connects_refused: PeerSeries::new(labeller),
             link: link::Metrics::register(registry),
         };
         registry.register(
@@ -84,7 +84,7 @@ impl Metrics {
         m
     }
 
-    fn count(&self, peers: &Peers, e: &Event) {
+    fn count(&self, labeller: &Labeller, e: &Event) {
         let family = match e.kind {
             Kind::RstOnClose => &self.rst_on_close,
             Kind::LingerAbort => &self.linger_abort,
@@ -97,7 +97,7 @@ impl Metrics {
             | Kind::ConnectionExplosion
             | Kind::PortPressure => return,
         };
-        family.with(&peers.of_event(e), |c| {
+        family.with(&labeller.of_event(e), |c| {
             c.inc();
         });
     }
@@ -112,7 +112,7 @@ pub struct Sink {
     /// Counters by kind.
     pub metrics: Metrics,
     /// Peer labels.
-    pub peers: Arc<Peers>,
+    pub labeller: Arc<Labeller>,
     /// Loss counters.
     pub self_metrics: SelfMetrics,
     /// Event totals for status.
@@ -158,7 +158,7 @@ impl Sink {
             batch.retain(|e| {
                 let refused = e.kind == Kind::ConnectRefused;
                 if refused {
-                    self.metrics.count(&self.peers, e);
+                    self.metrics.count(&self.labeller, e);
                 }
                 !refused
             });
@@ -170,7 +170,7 @@ impl Sink {
                 tracing::warn!(error = %e, events = batch.len(), "event store write failed; events still logged and counted");
             }
             for e in &batch {
-                self.metrics.count(&self.peers, e);
+                self.metrics.count(&self.labeller, e);
                 if self.mode == LogEvents::Stdout {
                     let _ = serde_json::to_writer(&mut buf, e);
                     buf.push(b'\n');

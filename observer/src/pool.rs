@@ -48,7 +48,7 @@ use crate::{
         decode::{Decoder, addr, comm, monotonic_ns, thread_cpu_ns},
     },
     map_read,
-    metrics::{HasPeer, PeerSeries, Peers, SelfMetrics, WorkloadPeer, labelled_peer},
+    metrics::{HasPeer, Labeller, PeerSeries, SelfMetrics, Workload, WorkloadPeer, labelled_peer},
     owners,
     sock_diag::{self, DiagSocket},
 };
@@ -88,6 +88,15 @@ pub struct FlowLabels {
 impl HasPeer for FlowLabels {
     fn peer(&self) -> &str {
         &self.peer
+    }
+
+    fn workload(&self) -> Workload {
+        Workload {
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            comm: self.comm.clone(),
+        }
     }
 }
 
@@ -152,11 +161,15 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the connection, TIME_WAIT and ephemeral-port series; the `FLOWS` fill level
     /// goes into the self-metrics.
-    pub fn register(registry: &mut Registry, self_metrics: &SelfMetrics, peers: &Peers) -> Self {
+    pub fn register(
+        registry: &mut Registry,
+        self_metrics: &SelfMetrics,
+        labeller: &Labeller,
+    ) -> Self {
         let m = Self {
-            opened: PeerSeries::new(peers),
-            closed: PeerSeries::new(peers),
-            lifetime: PeerSeries::new(peers),
+            opened: PeerSeries::new(labeller),
+            closed: PeerSeries::new(labeller),
+            lifetime: PeerSeries::new(labeller),
             established: Family::default(),
             time_wait: Family::default(),
             ports_in_use: Family::default(),
@@ -301,7 +314,7 @@ pub struct Monitor {
     flow_cooldown: Cooldown<FlowKey>,
     port_cooldown: Cooldown<(u32, IpAddr, SocketAddr)>,
     metrics: Metrics,
-    peers: Arc<Peers>,
+    labeller: Arc<Labeller>,
     enricher: Arc<Mutex<Enricher>>,
     decoder: Decoder,
 }
@@ -319,7 +332,7 @@ impl Monitor {
         maps: Maps,
         thresholds: Thresholds,
         metrics: Metrics,
-        peers: Arc<Peers>,
+        labeller: Arc<Labeller>,
         enricher: Arc<Mutex<Enricher>>,
         decoder: Decoder,
     ) -> Self {
@@ -338,7 +351,7 @@ impl Monitor {
             flow_cooldown: Cooldown::new(cooldown),
             port_cooldown: Cooldown::new(cooldown),
             metrics,
-            peers,
+            labeller,
             enricher,
             decoder,
         }
@@ -513,19 +526,30 @@ impl Monitor {
                 ..FlowLabels::default()
             };
         }
-        let a = self.attribution(key.cgroup_id);
+        let w = self.workload(key.cgroup_id, &key.comm);
         let role = Role::from_wire(key.role);
         FlowLabels {
-            namespace: a.namespace.unwrap_or_default(),
-            pod: a.pod.unwrap_or_default(),
-            container: a.container.unwrap_or_default(),
-            comm: comm(&key.comm),
-            peer: self.peers.label(
+            namespace: w.namespace,
+            pod: w.pod,
+            container: w.container,
+            comm: w.comm,
+            peer: self.labeller.peer(
                 role,
                 SocketAddr::new(addr(u16::from(key.family), key.peer), key.peer_port),
             ),
             role: role.as_str().to_owned(),
         }
+    }
+
+    /// The workload labels of an owner (its cgroup and `comm`), bounded by the labeller.
+    fn workload(&self, cgroup_id: u64, raw_comm: &[u8; 16]) -> Workload {
+        let a = self.attribution(cgroup_id);
+        self.labeller.workload(Workload {
+            namespace: a.namespace.unwrap_or_default(),
+            pod: a.pod.unwrap_or_default(),
+            container: a.container.unwrap_or_default(),
+            comm: comm(raw_comm),
+        })
     }
 
     /// The pod, namespace and container of a cgroup.
@@ -572,17 +596,17 @@ impl Monitor {
         for ((owner, peer), n) in groups {
             let labels = match owner {
                 Some(o) => {
-                    let a = self.attribution(o.cgroup_id);
+                    let w = self.workload(o.cgroup_id, &o.comm);
                     WorkloadPeer {
-                        namespace: a.namespace.unwrap_or_default(),
-                        pod: a.pod.unwrap_or_default(),
-                        container: a.container.unwrap_or_default(),
-                        comm: comm(&o.comm),
-                        peer: self.peers.label(Role::from_wire(o.role), peer),
+                        namespace: w.namespace,
+                        pod: w.pod,
+                        container: w.container,
+                        comm: w.comm,
+                        peer: self.labeller.peer(Role::from_wire(o.role), peer),
                     }
                 }
                 None => WorkloadPeer {
-                    peer: self.peers.label(Role::Unknown, peer),
+                    peer: self.labeller.peer(Role::Unknown, peer),
                     ..WorkloadPeer::default()
                 },
             };
@@ -606,7 +630,7 @@ impl Monitor {
         let mut rows: BTreeMap<PortLabels, (u64, f64)> = BTreeMap::new();
         let mut folded = 0;
         for (i, u) in uses.iter().enumerate() {
-            let labels = if i < self.peers.limit() {
+            let labels = if i < self.labeller.peer_limit() {
                 PortLabels {
                     source: u.source.to_string(),
                     peer: u.peer.to_string(),
@@ -623,7 +647,7 @@ impl Monitor {
             row.0 = row.0.max(u.in_use);
             row.1 = row.1.max(u.ratio());
         }
-        self.peers.folded(folded);
+        self.labeller.folded_peers(folded);
         let rows: Vec<(PortLabels, u64, f64)> =
             rows.into_iter().map(|(l, (n, r))| (l, n, r)).collect();
         self.metrics.set_ports(&rows);

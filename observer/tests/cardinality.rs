@@ -1,5 +1,5 @@
-//! Cardinality: 10,000 distinct peers keep the exposition bounded, and what was folded into
-//! `peer="other"` is counted. Its own test binary: the agent sees every connection on the
+//! Cardinality: 10,000 distinct peers and 2,000 short-lived workloads keep the exposition
+//! bounded, what was folded into `other` is counted, and idle workloads leave no series. Its own test binary: the agent sees every connection on the
 //! host, so this flood of peers would fill the peer labels of the agents other kernel tests
 //! start in parallel.
 
@@ -116,4 +116,87 @@ fn ten_thousand_peers_keep_the_exposition_bounded() {
     assert!(peers.contains("other"));
     let folded = plain(&text, "observer_peer_labels_folded_total").unwrap();
     assert!(folded >= 9_000.0, "folded {folded}");
+}
+
+/// The distinct `comm` values of `family`'s samples that start with `prefix` or are `other`.
+fn comms<'a>(text: &'a str, family: &str, prefix: &str) -> std::collections::BTreeSet<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.split("comm=\"").nth(1)?.split('"').next())
+        .filter(|c| c.starts_with(prefix) || *c == "other")
+        .collect()
+}
+
+#[test]
+fn short_lived_workloads_fold_beyond_the_limit_and_leave_once_idle() {
+    if !require_bpf() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let agent = Agent::start(&[
+        "--pool-interval",
+        "1s",
+        "--workload-label-limit",
+        "50",
+        "--label-idle",
+        "15s",
+    ]);
+    // 2,000 processes with names of their own, one connection each, one after the other,
+    // in a namespace of their own.
+    let port = 24_011;
+    in_netns(move |_| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        let script = format!(
+            "import ctypes, os, socket\n\
+             libc = ctypes.CDLL(None)\n\
+             for i in range(2000):\n\
+             \x20   pid = os.fork()\n\
+             \x20   if pid == 0:\n\
+             \x20       libc.prctl(15, b'wl%04d' % i, 0, 0, 0)\n\
+             \x20       s = socket.create_connection(('127.0.0.1', {port}))\n\
+             \x20       s.recv(1); s.close(); os._exit(0)\n\
+             \x20   os.waitpid(pid, 0)\n"
+        );
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    let opened = "observer_connections_opened_total{";
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(20),
+        "2,000 workloads counted, half of them folded at least",
+        |t| {
+            plain(t, "observer_workload_labels_folded_total").is_some_and(|n| n >= 1_000.0)
+                && comms(t, opened, "wl").contains("other")
+        },
+    );
+    let named = comms(&text, opened, "wl");
+    eprintln!("{} workload values while 2,000 were active", named.len());
+    // docs/metrics.md: with --workload-label-limit 50, at most 51 workload values.
+    assert!(
+        named.len() <= 51,
+        "{} workload values: {named:?}",
+        named.len()
+    );
+    // Idle for --label-idle: every named workload's series are gone, `other` stays.
+    let text = wait_metrics(
+        &agent.url,
+        Duration::from_secs(30),
+        "idle workloads removed",
+        |t| comms(t, opened, "wl").into_iter().all(|c| c == "other"),
+    );
+    assert!(
+        comms(&text, opened, "wl").contains("other"),
+        "the folded count stays"
+    );
 }

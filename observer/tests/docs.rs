@@ -37,13 +37,13 @@ fn doc(name: &str) -> String {
 /// series prints nothing, so each is given one through the path the agent updates it by.
 fn exported() -> BTreeSet<(String, String)> {
     let mut registry = observer::metrics::registry();
-    let m = observer::agent::register_metrics(&mut registry, 100);
+    let m = observer::agent::register_metrics(&mut registry, observer::metrics::Limits::default());
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink {
         store: observer::store::open(dir.path()).unwrap(),
         mode: LogEvents::None,
         metrics: m.events.clone(),
-        peers: m.peers.clone(),
+        labeller: m.labeller.clone(),
         self_metrics: m.self_metrics.clone(),
         totals: std::sync::Arc::default(),
         retention: Duration::from_mins(1),
@@ -89,7 +89,7 @@ fn exported() -> BTreeSet<(String, String)> {
         last_read_ms_ago: None,
         reported: false,
     };
-    m.close_wait.set(&[view], &m.peers, 1);
+    m.close_wait.set(&[view], &m.labeller, 1);
     let flow = observer::pool::FlowLabels {
         comm: "x".into(),
         peer: "127.0.0.1:80".into(),

@@ -5,6 +5,14 @@ use std::{
 
 use super::*;
 
+fn limits(peers: usize, workloads: usize) -> Limits {
+    Limits {
+        peers,
+        workloads,
+        idle: LABEL_IDLE,
+    }
+}
+
 fn peer(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
 }
@@ -12,14 +20,14 @@ fn peer(port: u16) -> SocketAddr {
 #[test]
 fn clients_name_services_servers_name_hosts() {
     let mut r = registry();
-    let peers = Peers::register(&mut r, 10);
-    assert_eq!(peers.label(Role::Client, peer(6379)), "10.0.0.1:6379");
+    let peers = Labeller::register(&mut r, limits(10, 10));
+    assert_eq!(peers.peer(Role::Client, peer(6379)), "10.0.0.1:6379");
     assert_eq!(
-        peers.label(Role::Server, peer(51234)),
+        peers.peer(Role::Server, peer(51234)),
         "10.0.0.1",
         "ephemeral ports never become labels"
     );
-    assert_eq!(peers.label(Role::Unknown, peer(51235)), "10.0.0.1");
+    assert_eq!(peers.peer(Role::Unknown, peer(51235)), "10.0.0.1");
     // What callers group sockets by before labelling: one group per label.
     assert_eq!(labelled_peer(Role::Client, peer(6379)), peer(6379));
     assert_eq!(labelled_peer(Role::Server, peer(51234)), peer(0));
@@ -32,16 +40,16 @@ fn clients_name_services_servers_name_hosts() {
 #[test]
 fn peers_beyond_the_limit_fold_into_other_and_are_counted() {
     let mut r = registry();
-    let peers = Peers::register(&mut r, 2);
-    assert_eq!(peers.label(Role::Client, peer(1)), "10.0.0.1:1");
-    assert_eq!(peers.label(Role::Client, peer(2)), "10.0.0.1:2");
-    assert_eq!(peers.label(Role::Client, peer(3)), "other");
+    let peers = Labeller::register(&mut r, limits(2, 10));
+    assert_eq!(peers.peer(Role::Client, peer(1)), "10.0.0.1:1");
+    assert_eq!(peers.peer(Role::Client, peer(2)), "10.0.0.1:2");
+    assert_eq!(peers.peer(Role::Client, peer(3)), "other");
     assert_eq!(
-        peers.label(Role::Client, peer(1)),
+        peers.peer(Role::Client, peer(1)),
         "10.0.0.1:1",
         "named peers stay named"
     );
-    assert_eq!(peers.label(Role::Client, peer(4)), "other");
+    assert_eq!(peers.peer(Role::Client, peer(4)), "other");
     let text = encode_prometheus(&r);
     assert!(
         text.lines()
@@ -53,14 +61,14 @@ fn peers_beyond_the_limit_fold_into_other_and_are_counted() {
 #[test]
 fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
     let mut r = registry();
-    let peers = Peers::register(&mut r, 2);
+    let peers = Labeller::register(&mut r, limits(2, 10));
     let series: PeerSeries<WorkloadPeer, Counter> = PeerSeries::new(&peers);
     r.register("hits", "x", series.family());
     let t0 = Instant::now();
     let hit = |port: u16, at: Instant| {
         let labels = WorkloadPeer {
             comm: "c".into(),
-            peer: peers.label_at(Role::Client, peer(port), at),
+            peer: peers.peer_at(Role::Client, peer(port), at),
             ..WorkloadPeer::default()
         };
         series.with(&labels, |c| {
@@ -70,10 +78,10 @@ fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
     };
     assert_eq!(hit(1, t0), "10.0.0.1:1");
     assert_eq!(hit(2, t0 + Duration::from_mins(5)), "10.0.0.1:2");
-    // Both named peers were used within PEER_IDLE: the new one folds.
+    // Both named peers were used within LABEL_IDLE: the new one folds.
     assert_eq!(hit(3, t0 + Duration::from_mins(6)), "other");
-    // Peer 1 has been idle for PEER_IDLE: its name goes to peer 3, its series go away.
-    assert_eq!(hit(3, t0 + PEER_IDLE), "10.0.0.1:3");
+    // Peer 1 has been idle for LABEL_IDLE: its name goes to peer 3, its series go away.
+    assert_eq!(hit(3, t0 + LABEL_IDLE), "10.0.0.1:3");
     let text = encode_prometheus(&r);
     assert!(!text.contains("10.0.0.1:1\""), "{text}");
     assert!(
@@ -84,7 +92,56 @@ fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
     );
     assert!(text.contains(r#"peer="other"} 1"#), "{text}");
     // Peer 2 was used more recently than peer 1 was: still named.
-    assert_eq!(hit(2, t0 + PEER_IDLE), "10.0.0.1:2");
+    assert_eq!(hit(2, t0 + LABEL_IDLE), "10.0.0.1:2");
+}
+
+#[test]
+fn workloads_beyond_the_limit_fold_and_idle_ones_take_their_series_away() {
+    let mut r = registry();
+    let labeller = Labeller::register(&mut r, limits(10, 2));
+    let series: PeerSeries<WorkloadPeer, Counter> = PeerSeries::new(&labeller);
+    r.register("hits", "x", series.family());
+    let t0 = Instant::now();
+    let hit = |comm: &str, at: Instant| {
+        let w = labeller.workload_at(
+            Workload {
+                comm: comm.into(),
+                ..Workload::default()
+            },
+            at,
+        );
+        let labels = WorkloadPeer {
+            namespace: w.namespace,
+            pod: w.pod,
+            container: w.container,
+            comm: w.comm,
+            peer: labeller.peer_at(Role::Client, peer(1), at),
+        };
+        series.with(&labels, |c| {
+            c.inc();
+        });
+        labels.comm
+    };
+    assert_eq!(hit("a", t0), "a");
+    assert_eq!(hit("b", t0 + Duration::from_mins(5)), "b");
+    assert_eq!(hit("c", t0 + Duration::from_mins(6)), "other");
+    let text = encode_prometheus(&r);
+    assert!(
+        text.contains(r#"hits_total{namespace="other",pod="other",container="other",comm="other",peer="10.0.0.1:1"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "observer_workload_labels_folded_total 1"),
+        "{text}"
+    );
+    // "a" idle for LABEL_IDLE: gone with its series, without any new workload asking.
+    assert_eq!(hit("b", t0 + LABEL_IDLE), "b");
+    let text = encode_prometheus(&r);
+    assert!(!text.contains(r#"comm="a""#), "{text}");
+    assert!(text.contains(r#"comm="b",peer="10.0.0.1:1"} 2"#), "{text}");
+    // Its slot is free again.
+    assert_eq!(hit("c", t0 + LABEL_IDLE), "c");
 }
 
 #[test]

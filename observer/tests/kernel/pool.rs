@@ -523,6 +523,17 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
                 "observer_time_wait_sockets",
                 &[("comm", &own), ("peer", &peer)],
             ),
+            // Sockets whose first closer the agent does not know.
+            sample(
+                &t,
+                "observer_time_wait_sockets",
+                &[("comm", ""), ("peer", "127.0.0.1")],
+            ),
+            sample(
+                &t,
+                "observer_program_recursion_misses_total",
+                &[("program", "state_btf")],
+            ),
             sample(&t, "observer_socket_listing_cpu_seconds", &[]),
             sample(&t, "observer_socket_listing_duration_seconds", &[]),
             sample(&t, "observer_socket_listing_failures_total", &[]),
@@ -536,7 +547,7 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
         assert!(
             Instant::now() < deadline,
             "{theirs} python3 and {mine} own TIME_WAIT never shown; each change of \
-             [python3, own, listing cpu s, listing s, listing failures]:\n{seen:?}"
+             [python3, own, unknown closer, state misses, listing cpu s, listing s, listing failures]:\n{seen:?}"
         );
         thread::sleep(Duration::from_millis(200));
     }
