@@ -73,30 +73,20 @@ fn serve(file: &std::path::Path) -> (SocketAddr, SocketAddr) {
     (listen, metrics.unwrap())
 }
 
-/// The abusers, one Python process: it prints `ready` once every socket is open.
+/// The abusers, one Python process (`tests/abusers.py`): it prints `ready` once every socket
+/// is open.
 fn abusers(port: u16) -> std::process::Child {
-    let script = format!(
-        "import socket, time\n\
-         held = []\n\
-         for _ in range({NON_READERS}):\n\
-         \x20   s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n\
-         \x20   s.connect(('127.0.0.1', {port}))\n\
-         \x20   s.sendall(b'GET /api/v1/events?limit=10000 HTTP/1.1\\r\\nhost: x\\r\\n\\r\\n')\n\
-         \x20   held.append(s)\n\
-         drip = []\n\
-         for _ in range({DRIPPERS}):\n\
-         \x20   s = socket.socket(); s.connect(('127.0.0.1', {port}))\n\
-         \x20   s.sendall(b'GET /healthz HTTP/1.1\\r\\nx-endless: ')\n\
-         \x20   drip.append(s)\n\
-         print('ready', flush=True)\n\
-         while True:\n\
-         \x20   time.sleep(0.5)\n\
-         \x20   for s in list(drip):\n\
-         \x20       try: s.send(b'a')\n\
-         \x20       except OSError: drip.remove(s)\n"
-    );
     Command::new("python3")
-        .args(["-c", &script])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/abusers.py"))
+        .args(
+            [
+                port,
+                NON_READERS as u16,
+                DRIPPERS as u16,
+                ABUSE.as_secs() as u16,
+            ]
+            .map(|n| n.to_string()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

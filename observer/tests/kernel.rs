@@ -17,6 +17,7 @@ mod kernel {
     mod crash;
     mod fallbacks;
     mod kubernetes;
+    mod memory;
     mod one_agent;
     mod pool;
     mod prometheus;

@@ -264,6 +264,25 @@ impl Drop for PinDir {
     }
 }
 
+/// Makes `cmd`'s process join the cgroup whose `cgroup.procs` is `procs` before it execs.
+fn enter_cgroup_on_exec(cmd: &mut Command, procs: &std::path::Path) {
+    let path = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: between fork and exec only open, write and close, which are async-signal-safe;
+    // "0" moves the writing process, the agent-to-be.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n == 1 { Ok(()) } else { Err(err) }
+        });
+    }
+}
+
 /// The agent as a child process, with an API port and a data dir of its own. Events are parsed
 /// from its stdout and kept per netns.
 pub(crate) struct Agent {
@@ -295,10 +314,31 @@ impl Agent {
         Self::start_binary(OBSERVER, pins, args)
     }
 
+    /// As [`Agent::start`], the agent placed in the cgroup whose `cgroup.procs` is `procs`
+    /// before it runs, so everything it allocates (its eBPF maps included) is charged there.
+    pub(crate) fn start_in_cgroup(procs: &std::path::Path, args: &[&str]) -> Self {
+        let pins = PinDir::new();
+        let mut agent = Self::start_with(OBSERVER, &pins, args, Some(procs));
+        agent.pins = Some(pins);
+        agent
+    }
+
     /// As [`Agent::start_pinned`], running the agent binary `bin` (another build's).
     pub(crate) fn start_binary(bin: &str, pins: &PinDir, args: &[&str]) -> Self {
+        Self::start_with(bin, pins, args, None)
+    }
+
+    fn start_with(
+        bin: &str,
+        pins: &PinDir,
+        args: &[&str],
+        cgroup_procs: Option<&std::path::Path>,
+    ) -> Self {
         let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(bin);
+        if let Some(procs) = cgroup_procs {
+            enter_cgroup_on_exec(&mut cmd, procs);
+        }
         cmd.arg("agent")
             .args(["--pin-dir", pins.path(), "--listen", "127.0.0.1:0"])
             .args(args);
