@@ -567,9 +567,10 @@ impl Monitor {
         let entries = map_read::all::<TupleKey, Closer>(self.closers.map(), || {
             self.closers.iter().filter_map(Result::ok).collect()
         });
+        // Sockets still there: in TIME_WAIT, or handed over and waiting for the peer's FIN.
         let listed: foldhash::HashSet<TupleKey> = listing
             .iter()
-            .flat_map(|ns| &ns.time_wait)
+            .flat_map(|ns| ns.time_wait.iter().chain(&ns.fin_wait2))
             .map(tuple_key)
             .collect();
         let netns: foldhash::HashSet<u32> = listing.iter().map(|ns| ns.netns).collect();

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use observer_common::tcp::{LISTEN, TIME_WAIT};
+use observer_common::tcp::{FIN_WAIT2, LISTEN, TIME_WAIT};
 
 use crate::sock_diag::{self, DiagSocket};
 
@@ -22,6 +22,10 @@ pub struct Netns {
     pub range: Option<(u16, u16)>,
     /// Its TIME_WAIT sockets (sub-state TIME_WAIT, as `ss state time-wait` shows them).
     pub time_wait: Vec<DiagSocket>,
+    /// Its sockets in FIN_WAIT2, TIME_WAIT sockets still waiting for the peer's FIN among
+    /// them: their first closer is recorded already, and they become TIME_WAIT when the FIN
+    /// comes (a peer slow to close keeps them here for up to `tcp_fin_timeout`).
+    pub fin_wait2: Vec<DiagSocket>,
     /// Local ports of the range in use per (source address, destination).
     pub in_use: foldhash::HashMap<(IpAddr, SocketAddr), u64>,
 }
@@ -37,6 +41,7 @@ pub fn here(netns: u32) -> io::Result<Netns> {
         netns,
         range,
         time_wait: Vec::new(),
+        fin_wait2: Vec::new(),
         in_use: foldhash::HashMap::default(),
     };
     sock_diag::visit(netns, NOT_LISTENING, &mut |s| ns.add(s))?;
@@ -61,8 +66,10 @@ impl Netns {
                 .entry((s.tuple.local.ip(), s.tuple.peer))
                 .or_default() += 1;
         }
-        if i32::from(s.state) == TIME_WAIT {
-            self.time_wait.push(s);
+        match i32::from(s.state) {
+            TIME_WAIT => self.time_wait.push(s),
+            FIN_WAIT2 => self.fin_wait2.push(s),
+            _ => {}
         }
     }
 
@@ -141,12 +148,14 @@ mod tests {
             netns: 9,
             range: Some((40000, 40099)),
             time_wait: Vec::new(),
+            fin_wait2: Vec::new(),
             in_use: foldhash::HashMap::default(),
         };
         for s in [
             sock("10.0.0.1:40000", "10.0.0.9:80", 1),
             sock("10.0.0.1:40001", "10.0.0.9:80", TIME_WAIT),
             sock("10.0.0.1:40001", "10.0.0.9:443", 1),
+            sock("10.0.0.1:40002", "10.0.0.9:443", FIN_WAIT2),
             // A server's accepted socket: its port is the listener's, not ephemeral.
             sock("10.0.0.1:8080", "10.0.0.7:40005", 1),
         ] {
@@ -156,6 +165,7 @@ mod tests {
         assert_eq!(uses.len(), 2);
         assert_eq!(uses[0].peer, "10.0.0.9:80".parse().unwrap());
         assert_eq!((uses[0].in_use, uses[0].range), (2, 100));
+        assert_eq!((uses[1].in_use, ns.fin_wait2.len()), (2, 1));
         assert!((uses[0].ratio() - 0.02).abs() < 1e-9);
         assert_eq!(ns.time_wait.len(), 1);
     }

@@ -3,7 +3,8 @@
 //! monitor looks every listed TIME_WAIT socket up by its full tuple and deletes the entries
 //! whose socket has gone.
 //!
-//! An entry goes only on evidence: its namespace was listed, twice in a row, without it. A
+//! An entry goes only on evidence: its namespace was listed, twice in a row, without its
+//! socket, in TIME_WAIT or still in FIN_WAIT2 (handed over, the peer's FIN to come). A
 //! namespace the listing could not enter says nothing about its sockets, and one dump may
 //! miss a socket (`sock_diag` resumes a dump by position in a hash chain, so a socket
 //! removed before the position under churn shifts the next one past it); a socket that
