@@ -105,7 +105,7 @@ const QUERIES: [(&str, &str); 6] = [
 ];
 
 /// Runs every query `RUNS` times through the store and through HTTP; the table rows and JSON.
-fn measure(reader: &store::Reader, url: &str, now: u64) -> (String, Vec<serde_json::Value>) {
+fn measure(reader: &mut store::Reader, url: &str, now: u64) -> (String, Vec<serde_json::Value>) {
     let http = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
     let mut table = String::new();
     let mut json = Vec::new();
@@ -163,9 +163,9 @@ fn main() {
     let t = Instant::now();
     fill(&mut s, 0, EVENTS, now);
     let fill_s = t.elapsed().as_secs_f64();
-    let reader = store::Reader::open(s.file()).unwrap();
+    let mut reader = store::Reader::open(s.file()).unwrap();
     let url = serve(s.file());
-    let (rows, json) = measure(&reader, &url, now);
+    let (rows, json) = measure(&mut reader, &url, now);
     // Pruning: a row cap of 100,000 while more arrive keeps the file bounded (SQLite reuses
     // the freed pages).
     let sizes = refills(&mut s, now);

@@ -24,7 +24,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use prometheus_client::registry::Registry;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use serde::Serialize;
 
 use crate::{close_wait::Live, metrics::Totals, probes::PlanEntry, store::Reader};
@@ -49,6 +49,8 @@ pub struct State {
     pub totals: Arc<Totals>,
     /// When the agent started.
     pub started: Instant,
+    /// Event queries stopped at `--query-time-limit` (the counter `serve::start` registered).
+    pub queries_cut: Counter,
 }
 
 /// The parts of `/api/v1/status` the agent fills in as it goes.
@@ -109,6 +111,7 @@ impl State {
     /// status and totals; its clock starts now.
     pub fn new(registry: Registry, reader: Reader) -> Self {
         Self {
+            queries_cut: Counter::default(),
             registry: Arc::new(registry),
             ready: Arc::default(),
             reader: Arc::new(Mutex::new(reader)),

@@ -278,6 +278,15 @@ fn prune(conn: &Connection, now_ns: u64, keep_ns: u64, max_rows: u64) -> rusqlit
 /// A read-only connection for queries.
 pub struct Reader {
     conn: Connection,
+    time_limit: Duration,
+}
+
+/// How long one query may run unless told otherwise (`--query-time-limit`).
+pub const QUERY_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// Whether `e` is a query stopped at its time limit.
+pub fn is_cut(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
 }
 
 impl Reader {
@@ -288,15 +297,30 @@ impl Reader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            time_limit: QUERY_TIME_LIMIT,
+        })
     }
 
-    /// Events matching `f`, newest first, as stored JSON.
-    pub fn query(&self, f: &Filter) -> rusqlite::Result<Vec<String>> {
+    /// Stops each later query after `limit` (an error [`is_cut`] tells apart).
+    pub fn set_time_limit(&mut self, limit: Duration) {
+        self.time_limit = limit;
+    }
+
+    /// Events matching `f`, newest first, as stored JSON; stopped at the time limit.
+    pub fn query(&mut self, f: &Filter) -> rusqlite::Result<Vec<String>> {
+        let deadline = std::time::Instant::now() + self.time_limit;
+        // SQLite asks every 10,000 virtual-machine steps (well under a millisecond).
+        self.conn
+            .progress_handler(10_000, Some(move || std::time::Instant::now() >= deadline))?;
         let (sql, args) = f.sql();
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?;
-        rows.collect()
+        let rows = self.conn.prepare_cached(&sql).and_then(|mut stmt| {
+            stmt.query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
+                .collect()
+        });
+        self.conn.progress_handler(0, None::<fn() -> bool>)?;
+        rows
     }
 
     /// Number of stored events.

@@ -97,6 +97,7 @@ pub(super) async fn events(Extract(s): Extract<State>, q: Pairs) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let reader = s.reader.clone();
+    let cut = s.queries_cut.clone();
     let rows = tokio::task::spawn_blocking(move || {
         // A blocking thread of its own: the lock is not held across an await.
         reader
@@ -119,6 +120,13 @@ pub(super) async fn events(Extract(s): Extract<State>, q: Pairs) -> Response {
             }
             body.push_str("]}");
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Ok(Err(e)) if crate::store::is_cut(&e) => {
+            cut.inc();
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the query ran past --query-time-limit: narrow it (kind, since, until, peer, limit)",
+            )
         }
         Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

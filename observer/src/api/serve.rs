@@ -11,7 +11,8 @@
 //! * an answer whose client stops reading for `--http-header-timeout` is cut off, so a reader
 //!   that never reads holds its bytes and its slot for that long at most.
 //!
-//! Every shed connection or request is counted in `observer_http_shed_total{reason}`.
+//! Every shed connection or request is counted in `observer_http_shed_total{reason}`, and
+//! each event query stopped at `--query-time-limit` in `observer_http_queries_cut_total`.
 
 use std::{
     io,
@@ -30,11 +31,6 @@ use clap::Args;
 use http_body::{Frame, SizeHint};
 use hyper::{Request, body::Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -42,8 +38,10 @@ use tokio::{
     task::JoinSet,
 };
 
+mod shed;
 mod stall;
 
+pub use shed::Metrics;
 use stall::Stall;
 
 /// The largest request head read (hyper's smallest buffer is 8 KiB).
@@ -85,43 +83,16 @@ pub struct ServeArgs {
     /// answered 429.
     #[arg(long, env = "OBSERVER_HTTP_MAX_REQUESTS", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_requests: u32,
-}
 
-/// Why a connection or request was shed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Shed {
-    reason: &'static str,
-}
-
-/// The shed counter, shared by the listeners.
-#[derive(Clone)]
-pub struct Metrics {
-    shed: Family<Shed, Counter>,
-}
-
-impl Metrics {
-    /// Registers `observer_http_shed_total`, every reason at 0.
-    pub fn register(registry: &mut Registry) -> Self {
-        let shed = Family::<Shed, Counter>::default();
-        for reason in [
-            "connections",
-            "requests",
-            "header_timeout",
-            "stalled_reader",
-        ] {
-            let _ = shed.get_or_create(&Shed { reason });
-        }
-        registry.register(
-            "http_shed",
-            "HTTP connections and requests the API refused or cut off: connections (503, --http-max-connections), requests (429, --http-max-requests), header_timeout (no full request head in --http-header-timeout), stalled_reader (an answer the client stopped reading)",
-            shed.clone(),
-        );
-        Self { shed }
-    }
-
-    fn inc(&self, reason: &'static str) {
-        self.shed.get_or_create(&Shed { reason }).inc();
-    }
+    /// Longest an event query may run; one stopped there is answered 503.
+    #[arg(
+        long,
+        env = "OBSERVER_QUERY_TIME_LIMIT",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
+    pub query_time_limit: Duration,
 }
 
 /// The budgets of one listener.
@@ -159,7 +130,7 @@ impl Servers {
 
 /// Binds `--listen` (every route of `state`) and `--metrics-listen` (metrics and probes
 /// only), failing at once with the flag and the address, and serves them until `stop` turns
-/// true.
+/// true. Event queries get `--query-time-limit`.
 pub async fn start(
     args: &ServeArgs,
     state: &super::State,
@@ -167,6 +138,15 @@ pub async fn start(
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Servers> {
     use anyhow::Context as _;
+    state
+        .reader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set_time_limit(args.query_time_limit);
+    let state = &super::State {
+        queries_cut: metrics.queries_cut.clone(),
+        ..state.clone()
+    };
     let limits = Limits {
         timeout: args.http_header_timeout,
         connections: args.http_max_connections as usize,

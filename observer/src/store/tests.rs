@@ -56,7 +56,7 @@ fn appends_numbers_and_filters() {
         batch.iter().map(|e| e.id).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    let r = Reader::open(store.file()).unwrap();
+    let mut r = Reader::open(store.file()).unwrap();
     assert_eq!(
         ids(&r.query(&filter(&[])).unwrap()),
         vec![3, 2, 1],
@@ -124,7 +124,7 @@ fn pruning_keeps_the_file_bounded_by_age_and_rows() {
     assert_eq!(s.prune(1000, 200, 1_000_000).unwrap(), 80);
     // Then the row cap: keep the newest 5.
     assert_eq!(s.prune(1000, 1000, 5).unwrap(), 15);
-    let r = Reader::open(s.file()).unwrap();
+    let mut r = Reader::open(s.file()).unwrap();
     assert_eq!(
         ids(&r.query(&filter(&[])).unwrap()),
         vec![100, 99, 98, 97, 96]
@@ -294,7 +294,7 @@ mod properties {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let store = open(dir.path()).unwrap();
-            let r = Reader::open(store.file()).unwrap();
+            let mut r = Reader::open(store.file()).unwrap();
             let since = time::OffsetDateTime::from_unix_timestamp(since_s % 20_000_000_000)
                 .map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap())
                 .unwrap_or_default();
@@ -325,7 +325,7 @@ mod properties {
                 .map(|i| event(Kind::RstOnClose, 1, "a", ("10.0.0.1", 1), i as u64))
                 .collect();
             store.append(&mut batch).unwrap();
-            let r = Reader::open(store.file()).unwrap();
+            let mut r = Reader::open(store.file()).unwrap();
             let (mut seen, mut last) = (Vec::new(), 0u64);
             loop {
                 let f = Filter { after_id: Some(last), limit: page, ..Filter::default() };

@@ -178,3 +178,23 @@ fn a_client_that_stops_reading_holds_its_slot_until_cut() {
     assert_eq!(shed(&s.url, "stalled_reader"), 1);
     assert!(shed(&s.url, "requests") >= 1);
 }
+
+#[test]
+fn a_query_past_its_time_limit_is_cut_with_503_and_counted() {
+    // 10,000 of 50,000 events cannot be read in a millisecond; a count can.
+    let events = (0..50_000)
+        .map(|i| event(Kind::RstOnClose, 7, "svc", "10.0.0.9", 80, 1_000 + i))
+        .collect();
+    let s = serve_with(&["--query-time-limit", "1ms"], events);
+    let (status, body) = get(&format!("{}/api/v1/events?limit=10000", s.url));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--query-time-limit"), "{body}");
+    let (_, text) = get(&format!("{}/metrics", s.url));
+    assert!(
+        text.lines()
+            .any(|l| l == "observer_http_queries_cut_total 1"),
+        "{text}"
+    );
+    // The server goes on answering.
+    assert_eq!(get(&format!("{}/healthz", s.url)).0, 200);
+}
