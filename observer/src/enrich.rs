@@ -169,33 +169,35 @@ fn walk(root: &Path, dir: &Path, out: &mut HashMap<u64, String>) {
 fn pods(dir: &Path) -> HashMap<String, (String, String)> {
     let mut out = HashMap::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // Namespaces and pod names cannot contain '_', uids neither.
-        let mut parts = name.splitn(3, '_');
-        if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+        if let Some((ns, pod, uid)) = pod_dir(&e.file_name().to_string_lossy()) {
             out.insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
         }
     }
     out
 }
 
+/// `<namespace>_<pod>_<uid>` (a `/var/log/pods` directory) -> (namespace, pod, uid).
+pub fn pod_dir(name: &str) -> Option<(&str, &str, &str)> {
+    // Namespaces and pod names cannot contain '_', uids neither.
+    let mut parts = name.splitn(3, '_');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
 /// `<pod>_<namespace>_<container>-<id>.log` files: container id -> container name.
 fn containers(dir: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".log") else {
-            continue;
-        };
-        let Some((rest, id)) = stem.rsplit_once('-') else {
-            continue;
-        };
-        let Some(container) = rest.splitn(3, '_').nth(2) else {
-            continue;
-        };
-        out.insert(id.to_ascii_lowercase(), container.to_owned());
+        if let Some((id, container)) = container_log(&e.file_name().to_string_lossy()) {
+            out.insert(id.to_ascii_lowercase(), container.to_owned());
+        }
     }
     out
+}
+
+/// `<pod>_<namespace>_<container>-<id>.log` (a `/var/log/containers` link) -> (id, container).
+pub fn container_log(name: &str) -> Option<(&str, &str)> {
+    let (rest, id) = name.strip_suffix(".log")?.rsplit_once('-')?;
+    Some((id, rest.splitn(3, '_').nth(2)?))
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo` (`/sys/fs/cgroup`, or

@@ -249,8 +249,10 @@ fn request(family: u16, states: u32) -> Vec<u8> {
     b
 }
 
-/// Parses one datagram of replies into `out`; true once the dump is complete.
-fn parse(mut b: &[u8], netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<bool> {
+/// Parses one datagram of `sock_diag` replies, handing each socket to `f` (as found in the
+/// namespace `netns`); true once the dump is complete. Malformed input is an error, never a
+/// panic.
+pub fn parse(mut b: &[u8], netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<bool> {
     let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     while b.len() >= NLMSG_HDR {
         let len = u32_at(b, 0) as usize;

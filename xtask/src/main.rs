@@ -4,17 +4,20 @@
 //!   quick when done).
 //! * `cargo xtask run [-- ARGS]` — setup, build, then `observer agent` with the defaults (or ARGS).
 //! * `cargo xtask test` — setup, the Debian packages the tests drive, `cargo fmt --check`, clippy
-//!   on host and eBPF target with `-D warnings`, then every test, kernel tests included, then
-//!   the kernel tests again on Debian 12's 6.1 kernel in a QEMU guest. `--kernel host` runs the
+//!   on host and eBPF target with `-D warnings`, then every test, kernel tests included, the
+//!   fuzz targets for 20 s each, then the kernel tests again on Debian 12's 6.1 kernel in a
+//!   QEMU guest. `--kernel host` runs the
 //!   host part only, `--kernel 6.1` the guest part only.
 //! * `cargo xtask clippy` — clippy on the host crates, then on the eBPF crate.
 //! * `cargo xtask bench` — the measured benchmarks; tables on stdout, JSON in `target/bench/`.
+//! * `cargo xtask fuzz [--seconds N]` — every fuzz target of `fuzz/` for N seconds each.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod clippy;
+mod fuzz;
 mod previous;
 mod run;
 mod setup;
@@ -49,6 +52,12 @@ enum Command {
     Clippy,
     /// Run the measured benchmarks (release mode) and print their tables.
     Bench,
+    /// Run every fuzz target of `fuzz/` (cargo-fuzz, nightly) for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::CI_SECONDS)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -58,6 +67,7 @@ fn main() -> Result<()> {
         Command::Test { kernel } => test::run(kernel.as_deref()),
         Command::Clippy => clippy::run(),
         Command::Bench => bench::run(),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
 

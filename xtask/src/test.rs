@@ -1,13 +1,14 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest: setup, the
 //! Debian packages the tests drive, formatting, clippy, then every test (the kernel tests need
-//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing), then
-//! the kernel tests in a guest running Debian 12's 6.1 kernel (`vm`).
+//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing), the
+//! fuzz targets for a bounded time (`fuzz`), then the kernel tests in a guest running Debian
+//! 12's 6.1 kernel (`vm`).
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{clippy, previous, setup, setup::NIGHTLY, status, vm};
+use crate::{clippy, fuzz, previous, setup, setup::NIGHTLY, status, vm};
 
 /// Debian packages the tests use as real clients and servers, with a command proving each is
 /// installed.
@@ -57,7 +58,8 @@ fn host() -> Result<()> {
         Command::new("cargo")
             .args(["test", "--all-targets"])
             .env(previous::ENV, previous),
-    )
+    )?;
+    fuzz::run(fuzz::CI_SECONDS)
 }
 
 /// Installs the Debian packages the tests (and the benchmarks) drive, where missing.
