@@ -271,7 +271,8 @@ pub fn parse(mut b: &[u8], netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Re
                 } else {
                     0
                 };
-                return Err(io::Error::from_raw_os_error(-errno));
+                // The kernel sends -errno; a forged i32::MIN must not overflow the negation.
+                return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
             }
             SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDR + DIAG_MSG => {
                 f(diag_msg(&b[NLMSG_HDR..NLMSG_HDR + DIAG_MSG], netns));
@@ -363,6 +364,10 @@ mod tests {
         err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
         let e = parse(&err, 0, &mut |_| {}).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        // Found by the fuzz target: a negation that overflowed.
+        let mut min = err.clone();
+        min[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(parse(&min, 0, &mut |_| {}).is_err());
         let mut bad = vec![0u8; NLMSG_HDR];
         bad[..4].copy_from_slice(&999u32.to_ne_bytes());
         assert!(parse(&bad, 0, &mut |_| {}).is_err());
