@@ -22,13 +22,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Agent, in_netns, require_bpf, wait_metrics};
-
-/// The value of an unlabelled sample `name`.
-fn plain(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use support::{Agent, in_netns, require_bpf, sample, wait_metrics};
 
 /// One scenario at a time: each floods the maps and labels of every agent on the host.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -79,13 +73,13 @@ fn a_full_flows_map_counts_into_other_and_says_so() {
         Duration::from_secs(30),
         "the overflow counted",
         |t| {
-            plain(t, "observer_flows_map_full_total")
+            sample(t, "observer_flows_map_full_total", &[])
                 .is_some_and(|full| full >= 1_000.0 && (other(t) - full).abs() < 0.5)
         },
     );
     eprintln!(
         "{} connections overflowed FLOWS",
-        plain(&text, "observer_flows_map_full_total").unwrap()
+        sample(&text, "observer_flows_map_full_total", &[]).unwrap()
     );
 }
 
@@ -101,7 +95,7 @@ fn ten_thousand_peers_keep_the_exposition_bounded() {
     let url = agent.url.clone();
     distinct_peers(10_000, 24_009);
     let text = wait_metrics(&url, Duration::from_secs(20), "10,000 peers folded", |t| {
-        plain(t, "observer_peer_labels_folded_total").is_some_and(|n| n >= 9_000.0)
+        sample(t, "observer_peer_labels_folded_total", &[]).is_some_and(|n| n >= 9_000.0)
     });
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
     eprintln!("{series} series in the exposition");
@@ -114,7 +108,7 @@ fn ten_thousand_peers_keep_the_exposition_bounded() {
         .collect();
     assert!(peers.len() <= 101, "{} peer values", peers.len());
     assert!(peers.contains("other"));
-    let folded = plain(&text, "observer_peer_labels_folded_total").unwrap();
+    let folded = sample(&text, "observer_peer_labels_folded_total", &[]).unwrap();
     assert!(folded >= 9_000.0, "folded {folded}");
 }
 
@@ -176,7 +170,7 @@ fn short_lived_workloads_fold_beyond_the_limit_and_leave_once_idle() {
         Duration::from_secs(20),
         "2,000 workloads counted, half of them folded at least",
         |t| {
-            plain(t, "observer_workload_labels_folded_total").is_some_and(|n| n >= 1_000.0)
+            sample(t, "observer_workload_labels_folded_total", &[]).is_some_and(|n| n >= 1_000.0)
                 && comms(t, opened, "wl").contains("other")
         },
     );

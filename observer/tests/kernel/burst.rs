@@ -1,13 +1,9 @@
 //! A burst of aborts: the agent reports exactly as many as the kernel counted, each blamed on
 //! the process that closed; and a burst while the agent is stopped is kept by the ring buffer.
 
-use std::{
-    io::Write as _,
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
+use std::time::Duration;
 
-use super::support::{Agent, in_netns, require_bpf, sample, scrape, tcp_ext, wait_queued};
+use super::support::{Agent, aborts, require_bpf, sample, scrape};
 
 const ABORTS: usize = 2000;
 
@@ -15,24 +11,6 @@ const ABORTS: usize = 2000;
 /// ring buffer does with the `reset_received` each causes here (about 49,000 events, with
 /// room for what the tests running alongside emit).
 const HELD: usize = 18_000;
-
-/// `n` connections, each closed by its server with the client's request unread (one
-/// RST-on-close each). Returns the namespace and the kernel's count of the aborts.
-fn aborts(n: usize) -> (u64, u64) {
-    in_netns(move |ns| {
-        let before = tcp_ext("TCPAbortOnClose");
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..n {
-            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            c.write_all(b"unread request").unwrap();
-            wait_queued(&s, 14);
-            drop(s);
-            drop(c);
-        }
-        (ns, tcp_ext("TCPAbortOnClose") - before)
-    })
-}
 
 #[test]
 fn every_abort_the_kernel_counts_is_reported_once() {

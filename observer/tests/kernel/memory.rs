@@ -5,15 +5,14 @@
 //! record every abort made meanwhile and close the slow connections within the header timeout.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use super::support::{Agent, in_netns, patience, require_bpf, wait_queued};
+use super::support::{Agent, aborts, patience, require_bpf};
 
 /// The DaemonSet's `resources.limits.memory`.
 const LIMIT: u64 = 256 << 20;
@@ -97,23 +96,6 @@ impl Drop for MemCgroup {
     }
 }
 
-/// `n` connections in a namespace of their own, each closed by its server with the client's
-/// request unread (one RST-on-close each). Returns the namespace.
-fn aborts(n: usize) -> u64 {
-    in_netns(move |ns| {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        for _ in 0..n {
-            let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            c.write_all(b"unread request").unwrap();
-            wait_queued(&s, 14);
-            drop(s);
-            drop(c);
-        }
-        ns
-    })
-}
-
 fn rst_on_close(agent: &Agent, ns: u64, n: usize) -> usize {
     agent
         .events(ns, n, Duration::from_secs(30), Duration::ZERO)
@@ -163,7 +145,7 @@ fn abuse_under_the_daemonsets_memory_limit_loses_nothing() {
             &timeout,
         ],
     );
-    let seeded = aborts(SEEDED);
+    let seeded = aborts(SEEDED).0;
     assert_eq!(rst_on_close(&agent, seeded, SEEDED), SEEDED);
     let port = agent.url.rsplit(':').next().unwrap().to_owned();
     let report_after = HEADER_TIMEOUT_SECS + 3;
@@ -178,7 +160,7 @@ fn abuse_under_the_daemonsets_memory_limit_loses_nothing() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let started = Instant::now();
-    let during = thread::spawn(|| aborts(DURING));
+    let during = thread::spawn(|| aborts(DURING).0);
     let queries: Vec<_> = (0..4).map(|_| queries(&agent.url)).collect();
     let healthz = format!("{}/healthz", agent.metrics_url.clone().unwrap());
     let probe = ureq::Agent::new_with_config(

@@ -222,6 +222,24 @@ pub(crate) fn wait_metrics(
     }
 }
 
+/// `n` connections, each closed by its server with the client's request unread (one
+/// RST-on-close each). Returns the namespace and the kernel's count of the aborts.
+pub(crate) fn aborts(n: usize) -> (u64, u64) {
+    in_netns(move |ns| {
+        let before = tcp_ext("TCPAbortOnClose");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        for _ in 0..n {
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            std::io::Write::write_all(&mut c, b"unread request").unwrap();
+            wait_queued(&s, 14);
+            drop(s);
+            drop(c);
+        }
+        (ns, tcp_ext("TCPAbortOnClose") - before)
+    })
+}
+
 /// This process's `comm`, as the agent should report it.
 pub(crate) fn own_comm() -> String {
     std::fs::read_to_string("/proc/self/comm")
