@@ -21,7 +21,7 @@ use crate::{
     config::AgentArgs,
     enrich::{self, Enricher},
     events::{decode::Decoder, link, reader},
-    host,
+    host::{self, Privileges},
     layout::Layout,
     metrics::{self, Deltas, Labeller, SelfMetrics},
     output, pool,
@@ -36,12 +36,59 @@ const CHANNEL: usize = 16_384;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `agent` and `check` need before attaching: privileges, BTF, layout.
-pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<Layout> {
-    host::require_privileges()?;
+pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<(Layout, Privileges)> {
+    let privileges = Privileges::of_self();
+    privileges.require()?;
     let btf = Btf::from_file(&args.btf)?;
     let tracefs = host::tracefs();
-    Layout::resolve(&btf, tracefs.as_deref())
-        .with_context(|| format!("resolving kernel struct layout from {}", args.btf.display()))
+    let layout = Layout::resolve(&btf, tracefs.as_deref())
+        .with_context(|| format!("resolving kernel struct layout from {}", args.btf.display()))?;
+    Ok((layout, privileges))
+}
+
+/// Loads the programs, naming the likely cause when the kernel answers EPERM although the
+/// capabilities allow loading (a seccomp profile that wants `CAP_SYS_ADMIN`).
+pub fn load(
+    layout: &Layout,
+    args: &crate::config::ProbeArgs,
+    privileges: Privileges,
+) -> anyhow::Result<Probes> {
+    Probes::load(layout, args).map_err(|e| {
+        let hint = privileges.refusal_hint().filter(|_| is_eperm(&e));
+        let e = anyhow::Error::from(e);
+        match hint {
+            Some(hint) => e.context(hint),
+            None => e,
+        }
+    })
+}
+
+/// Whether an `EPERM` from the kernel is among the causes of `e`.
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    })
+}
+
+/// Logs each optional grant this process lacks, with its cost, as degradations.
+fn missing_grants(privileges: Privileges) -> Vec<probes::Degraded> {
+    privileges
+        .missing()
+        .into_iter()
+        .map(|m| {
+            warn!(
+                capability = m.capability,
+                cost = m.cost,
+                "capability {} missing",
+                m.capability
+            );
+            probes::Degraded {
+                feature: m.capability,
+                effect: m.cost.to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Every metric family the agent exports, each owned by its module.
@@ -93,14 +140,14 @@ fn announce_ready(state: &api::State, servers: &api::serve::Servers) {
 }
 
 /// What `/api/v1/status` tells about this agent once the probes are attached.
-fn set_status(state: &api::State, probes: &Probes, args: &AgentArgs) {
+fn set_status(state: &api::State, probes: &Probes, missing: &[probes::Degraded], args: &AgentArgs) {
     let mut s = state
         .status
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     s.kernel = host::kernel_release();
     s.probes = probes.plan().iter().map(ProbeStatus::of).collect();
-    s.degraded = probes.degraded().to_vec();
+    s.degraded = [missing, probes.degraded()].concat();
     s.close_wait_threshold_ms =
         u64::try_from(args.close_wait_threshold.as_millis()).unwrap_or(u64::MAX);
 }
@@ -117,7 +164,8 @@ fn claim_node(args: &AgentArgs) -> anyhow::Result<(crate::lock::Held, store::Sto
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     // Everything that can be refused before anything is started: privileges, BTF, layout.
-    let layout = prepare(&args.probes)?;
+    let (layout, privileges) = prepare(&args.probes)?;
+    let missing = missing_grants(privileges);
     let (_held, store) = claim_node(&args)?;
     let reader_db =
         store::Reader::open(store.file()).context("opening the event store for reading")?;
@@ -137,7 +185,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = api::serve::start(&args.serve, &state, &serve_metrics, &stop_rx).await?;
 
-    let mut probes = Probes::load(&layout, &args.probes)?;
+    let mut probes = load(&layout, &args.probes, privileges)?;
     probes.log_plan();
     self_metrics.plan(probes.plan());
     if let Some(logger) = probes.take_logger() {
@@ -189,7 +237,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         stop_rx,
     )?;
 
-    set_status(&state, &probes, &args);
+    set_status(&state, &probes, &missing, &args);
     show_reads(&probes, &state, &self_metrics);
     announce_ready(&state, &servers);
 

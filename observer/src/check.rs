@@ -5,11 +5,11 @@
 
 use std::{fmt::Write as _, process::ExitCode};
 
-use crate::{agent, config::ProbeArgs, host, probes::Probes};
+use crate::{agent, config::ProbeArgs, host};
 
 /// Runs the check and returns the report and the exit code.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
-    let layout = agent::prepare(args)?;
+    let (layout, privileges) = agent::prepare(args)?;
     // Its own pins, never an agent's: an agent running beside it keeps its CLOSE_WAIT table
     // and its promotion iterator.
     let private = PrivatePins::beside(&args.pin_dir);
@@ -29,10 +29,10 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
             "unavailable (classic tracepoint fallbacks disabled)"
         }
     );
-    let probes = match Probes::load(&layout, args) {
+    let probes = match agent::load(&layout, args, privileges) {
         Ok(p) => p,
         Err(e) => {
-            let _ = writeln!(out, "FAIL: {e}");
+            let _ = writeln!(out, "FAIL: {e:#}");
             return Ok((out, ExitCode::FAILURE));
         }
     };
@@ -64,8 +64,12 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
         );
     }
     let _ = writeln!(out, "\ndegraded:");
-    if probes.degraded().is_empty() {
+    let missing = privileges.missing();
+    if probes.degraded().is_empty() && missing.is_empty() {
         let _ = writeln!(out, "  none");
+    }
+    for m in &missing {
+        let _ = writeln!(out, "  {:<21} {}", m.capability, m.cost);
     }
     for d in probes.degraded() {
         let _ = writeln!(out, "  {:<21} {}", d.feature, d.effect);

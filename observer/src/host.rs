@@ -2,19 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// `CAP_SYS_ADMIN`, `CAP_PERFMON` and `CAP_BPF` bit numbers (`include/uapi/linux/capability.h`).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+mod caps;
 
-/// The process may not load tracing programs.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "observer needs root or CAP_BPF and CAP_PERFMON to load its eBPF programs (this process has {have}); run it as root or in a privileged container"
-)]
-pub struct NotPrivileged {
-    have: String,
-}
+pub use caps::{Missing, NotPrivileged, Privileges};
 
 /// Keeps the agent's heap in one glibc malloc arena. By default each thread that allocates
 /// gets an arena of its own, and freed memory stays in the arena it came from: a burst (tens of
@@ -28,33 +18,6 @@ pub fn single_malloc_arena() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-}
-
-/// Checks the effective capabilities in `/proc/self/status` before anything is loaded.
-pub fn require_privileges() -> Result<(), NotPrivileged> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |bit: u32| caps & (1 << bit) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
-    let mut have: Vec<&str> = Vec::new();
-    for (bit, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
-        if has(bit) {
-            have.push(name);
-        }
-    }
-    Err(NotPrivileged {
-        have: if have.is_empty() {
-            "neither".to_owned()
-        } else {
-            format!("only {}", have.join(" and "))
-        },
-    })
 }
 
 /// The running kernel's release (`uname -r`).
@@ -94,7 +57,7 @@ pub fn tracefs() -> Option<PathBuf> {
 }
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// bpffs is not usable for pinning.
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +116,8 @@ fn is_bpffs(p: &Path) -> bool {
     let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     #[allow(
         clippy::useless_conversion,
-        reason = "f_type is i64 here but not on every architecture"
+        reason = "f_type is i64 with glibc, u64 with musl"
     )]
-    let fs_type = i64::from(st.f_type);
-    rc == 0 && fs_type == BPF_FS_MAGIC
+    let fs_type = u64::try_from(st.f_type);
+    rc == 0 && fs_type.is_ok_and(|t| t == BPF_FS_MAGIC)
 }

@@ -87,7 +87,7 @@ fn not_root_is_one_clear_line() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("observer needs root or CAP_BPF and CAP_PERFMON"),
+        err.contains("loading eBPF programs needs CAP_SYS_ADMIN"),
         "{err}"
     );
 }
