@@ -11,6 +11,7 @@
 //! * `cargo xtask clippy` — clippy on the host crates, then on the eBPF crate.
 //! * `cargo xtask bench` — the measured benchmarks; tables on stdout, JSON in `target/bench/`.
 //! * `cargo xtask fuzz [--seconds N]` — every fuzz target of `fuzz/` for N seconds each.
+//! * `cargo xtask image` — the container image `localhost/observer:<version>`, with buildah.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod clippy;
 mod fuzz;
+mod image;
 mod previous;
 mod run;
 mod setup;
@@ -58,6 +60,9 @@ enum Command {
         #[arg(long, default_value_t = fuzz::CI_SECONDS)]
         seconds: u64,
     },
+    /// Build the container image `localhost/observer:<version>` with buildah (static musl
+    /// binary, the Dockerfile's runtime stage) and print its size.
+    Image,
 }
 
 fn main() -> Result<()> {
@@ -68,6 +73,7 @@ fn main() -> Result<()> {
         Command::Clippy => clippy::run(),
         Command::Bench => bench::run(),
         Command::Fuzz { seconds } => fuzz::run(seconds),
+        Command::Image => image::run().map(drop),
     }
 }
 

@@ -1,14 +1,14 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest: setup, the
-//! Debian packages the tests drive, formatting, clippy, then every test (the kernel tests need
-//! root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test fails instead of passing), the
-//! fuzz targets for a bounded time (`fuzz`), then the kernel tests in a guest running Debian
-//! 12's 6.1 kernel (`vm`).
+//! Debian packages the tests drive, formatting, clippy, the container image (`image`), then
+//! every test (the kernel tests need root; with `OBSERVER_REQUIRE_BPF=1` a skipped kernel test
+//! fails instead of passing), the fuzz targets for a bounded time (`fuzz`), then the kernel
+//! tests in a guest running Debian 12's 6.1 kernel (`vm`).
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{clippy, fuzz, previous, setup, setup::NIGHTLY, status, vm};
+use crate::{clippy, fuzz, image, previous, setup, setup::NIGHTLY, status, vm};
 
 /// Debian packages the tests use as real clients and servers, with a command proving each is
 /// installed.
@@ -54,10 +54,13 @@ fn host() -> Result<()> {
     status(Command::new("cargo").args([&format!("+{NIGHTLY}"), "fmt", "--all", "--check"]))?;
     clippy::run()?;
     let previous = previous::build()?;
+    // The image test (`observer/tests/image.rs`) runs the image built from this tree.
+    let image = image::run()?;
     status(
         Command::new("cargo")
             .args(["test", "--all-targets"])
-            .env(previous::ENV, previous),
+            .env(previous::ENV, previous)
+            .env(image::ENV, image),
     )?;
     fuzz::run(fuzz::CI_SECONDS)
 }

@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
     os::unix::fs::MetadataExt as _,
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex},
     thread,
@@ -577,4 +578,69 @@ pub(crate) fn events(agent: &Agent, netns: u64, n: usize) -> Vec<Value> {
 /// Only the events of `kind`.
 pub(crate) fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// A pod's cgroup and log layout, removed on drop.
+pub(crate) struct FakePod {
+    /// The container's cgroup.
+    pub(crate) scope: PathBuf,
+    dirs: Vec<PathBuf>,
+    /// The kubelet's log root: `pods/` and `containers/`.
+    pub(crate) logs: tempfile::TempDir,
+    /// The container id.
+    pub(crate) id: String,
+}
+
+impl FakePod {
+    pub(crate) fn new() -> Self {
+        let root = observer::enrich::cgroup2_mount().expect("a cgroup2 mount");
+        let n = std::process::id();
+        let uid = format!("0b5e4a3c-2d1f-4e6a-9b8c-{n:012x}");
+        let id = format!("{n:064x}");
+        let uid_ = uid.replace('-', "_");
+        let slice = root.join("kubepods.slice");
+        let qos = slice.join("kubepods-burstable.slice");
+        let pod = qos.join(format!("kubepods-burstable-pod{uid_}.slice"));
+        let scope = pod.join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir_all(&scope).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(logs.path().join(format!("pods/shop_web-0_{uid}/app"))).unwrap();
+        std::fs::create_dir_all(logs.path().join("containers")).unwrap();
+        std::fs::write(
+            logs.path()
+                .join(format!("containers/web-0_shop_app-{id}.log")),
+            b"",
+        )
+        .unwrap();
+        Self {
+            dirs: vec![scope.clone(), pod, qos, slice],
+            scope,
+            logs,
+            id,
+        }
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A client that reads 10 bytes of the response and closes; inside `cgroup` when given.
+pub(crate) fn client(port: u16, cgroup: Option<&PathBuf>) -> std::process::Child {
+    let script = format!(
+        "import socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\ntime.sleep(0.3)\nc.recv(10)\nc.close()\n"
+    );
+    let enter = cgroup.map_or(String::new(), |cg| {
+        format!("echo $$ > {}/cgroup.procs && ", cg.display())
+    });
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{enter}exec /usr/bin/python3 -c \"$0\""))
+        .arg(script)
+        .spawn()
+        .unwrap()
 }
