@@ -2,12 +2,14 @@
 //! namespace's `net.ipv4.ip_local_port_range`.
 
 use std::{
+    collections::BTreeMap,
     io,
     net::{IpAddr, SocketAddr},
 };
 
 use observer_common::tcp::{FIN_WAIT2, LISTEN, TIME_WAIT};
 
+use super::PortLabels;
 use crate::sock_diag::{self, DiagSocket};
 
 /// Every TCP state bit but LISTEN (`1 << state` for states 1 to 11).
@@ -118,9 +120,71 @@ impl PortUse {
     }
 }
 
+/// The ephemeral-port gauge rows of `uses` (sorted busiest first): the first `limit` pairs by
+/// name, the rest in `other`; a pair in two namespaces (loopback) counts its fuller one.
+/// Returns the rows (ports in use, ratio) and how many pairs were folded into `other`.
+pub(super) fn gauge_rows(uses: &[PortUse], limit: usize) -> (Vec<(PortLabels, u64, f64)>, u64) {
+    let mut rows: BTreeMap<PortLabels, (u64, f64)> = BTreeMap::new();
+    let mut folded = 0;
+    for (i, u) in uses.iter().enumerate() {
+        let labels = if i < limit {
+            PortLabels {
+                source: u.source.to_string(),
+                peer: u.peer.to_string(),
+            }
+        } else {
+            folded += 1;
+            PortLabels {
+                source: "other".to_owned(),
+                peer: "other".to_owned(),
+            }
+        };
+        let row = rows.entry(labels).or_default();
+        row.0 = row.0.max(u.in_use);
+        row.1 = row.1.max(u.ratio());
+    }
+    let rows = rows.into_iter().map(|(l, (n, r))| (l, n, r)).collect();
+    (rows, folded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn port_use(netns: u32, peer_port: u16, in_use: u64) -> PortUse {
+        PortUse {
+            netns,
+            source: "10.0.0.1".parse().unwrap(),
+            peer: SocketAddr::new("10.0.0.2".parse().unwrap(), peer_port),
+            in_use,
+            range: 100,
+        }
+    }
+
+    #[test]
+    fn the_busiest_pairs_are_named_and_the_rest_folded() {
+        let uses = [
+            port_use(1, 80, 90),
+            port_use(1, 81, 50),
+            port_use(1, 82, 10),
+        ];
+        let (rows, folded) = gauge_rows(&uses, 2);
+        assert_eq!(folded, 1);
+        let named: Vec<_> = rows.iter().map(|(l, n, _)| (l.peer.as_str(), *n)).collect();
+        assert_eq!(
+            named,
+            [("10.0.0.2:80", 90), ("10.0.0.2:81", 50), ("other", 10)]
+        );
+        assert!((rows[0].2 - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_pair_seen_from_two_namespaces_counts_its_fuller_one() {
+        let (rows, folded) = gauge_rows(&[port_use(1, 80, 30), port_use(2, 80, 70)], 10);
+        assert_eq!(folded, 0);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, 70);
+    }
     use crate::sock_diag::Tuple;
 
     #[test]
