@@ -492,14 +492,21 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
             .collect();
         // Each process's TIME_WAIT sockets, as ss lists them. A port of python3's that this
         // process took over (loopback reuses a TIME_WAIT tuple a second old) is this
-        // process's now: it closed that tuple last, and first.
-        let listed = time_wait_ports(port);
-        let mine = listed.iter().filter(|p| own.contains(p)).count();
-        let theirs = listed
-            .iter()
-            .filter(|p| python.contains(p) && !own.contains(p))
-            .count();
-        (mine, theirs)
+        // process's now: it closed that tuple last, and first. The last sockets reach
+        // TIME_WAIT once the echo server has closed its end: listed until they have.
+        let deadline = Instant::now() + patience(Duration::from_secs(5));
+        loop {
+            let listed = time_wait_ports(port);
+            let mine = listed.iter().filter(|p| own.contains(p)).count();
+            let theirs = listed
+                .iter()
+                .filter(|p| python.contains(p) && !own.contains(p))
+                .count();
+            if mine == own.len() || Instant::now() > deadline {
+                break (mine, theirs);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     assert!(
         mine == 200 && theirs > 250,
