@@ -479,11 +479,7 @@ impl Drops {
 
 /// Forwards the programs' rare aya-log diagnostics into this log.
 async fn diagnostics(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns its ring-buffer fd until the `AsyncFd` is dropped.
-    let fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut fd) = fd else {
+    let Ok(mut fd) = crate::sys::readable(logger) else {
         warn!("eBPF diagnostics unavailable: cannot poll their ring buffer");
         return;
     };

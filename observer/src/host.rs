@@ -13,11 +13,7 @@ pub use caps::{Missing, NotPrivileged, Privileges};
 /// little at the same time, so one arena costs no contention; measured with 50,000 sockets in
 /// CLOSE_WAIT: peak RSS 95 -> 73 MiB. Call before any thread is started.
 pub fn single_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt has no preconditions; M_ARENA_MAX only bounds future arenas.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
+    crate::sys::single_malloc_arena();
 }
 
 /// The running kernel's release (`uname -r`).
@@ -38,18 +34,8 @@ pub fn tracefs() -> Option<PathBuf> {
             return Some(PathBuf::from(p));
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: NUL-terminated constant strings; mount(2) has no other memory preconditions.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 && usable(Path::new(TRACEFS)) {
+    let mounted = crate::sys::mount(c"tracefs", c"/sys/kernel/tracing");
+    if mounted.is_ok() && usable(Path::new(TRACEFS)) {
         tracing::info!(path = TRACEFS, "mounted tracefs");
         return Some(PathBuf::from(TRACEFS));
     }
@@ -80,21 +66,10 @@ pub fn pin_dir(dir: &Path) -> Result<(), PinDirError> {
     if !is_bpffs(parent) {
         let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
             .map_err(|_| err("path contains NUL".to_owned()))?;
-        // SAFETY: NUL-terminated strings; mount(2) has no other memory preconditions.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
+        if let Err(e) = crate::sys::mount(c"bpf", &target) {
             return Err(err(format!(
-                "{} is not on bpffs and mounting bpffs there failed: {}",
+                "{} is not on bpffs and mounting bpffs there failed: {e}",
                 parent.display(),
-                std::io::Error::last_os_error()
             )));
         }
         tracing::info!(path = %parent.display(), "mounted bpffs");
@@ -110,14 +85,5 @@ fn is_bpffs(p: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: zeroed statfs is a valid out-parameter.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: NUL-terminated path and a valid out-pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
-    #[allow(
-        clippy::useless_conversion,
-        reason = "f_type is i64 with glibc, u64 with musl"
-    )]
-    let fs_type = u64::try_from(st.f_type);
-    rc == 0 && fs_type.is_ok_and(|t| t == BPF_FS_MAGIC)
+    crate::sys::fs_magic(&c).is_ok_and(|t| t == BPF_FS_MAGIC)
 }

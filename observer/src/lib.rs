@@ -7,9 +7,11 @@
 //! * [`btf`] — a small BTF reader: struct field offsets, enum values, tracepoint arity.
 //! * [`layout`] — everything kernel-specific the programs need, resolved at start-up.
 //! * [`host`] — privileges, kernel release, tracefs.
+//! * [`sys`] — the system calls (setns, netlink, flock, mount, clocks), the `unsafe` they need.
 //! * [`lock`] — one agent per node: exclusive locks on the data dir and the pin directory.
 //! * [`probes`] — loads the eBPF object, chooses a hook per purpose and owns the links.
-//! * [`map_read`] — whole eBPF hash maps in batches, and lookup-and-delete.
+//! * [`map_read`] — the bpf(2) commands aya lacks: whole hash maps in batches,
+//!   lookup-and-delete, program info.
 //! * [`events`] — the domain [`events::Event`]: decoded from the ring buffer, with a hint.
 //! * [`close_wait`] — CLOSE_WAIT leaks: scans the pinned map, discovers sockets at start-up.
 //! * [`sock_diag`] — TCP sockets per network namespace, as `ss` lists them.
@@ -27,6 +29,9 @@
 //! Data flow: `probes` → `events::reader` → bounded `mpsc` → `close_wait` (one task, adds leak
 //! events) → bounded `mpsc` → `output`.
 
+// `unsafe` lives only in `sys`, `map_read` and the ring-buffer decode boundary.
+#![deny(unsafe_code)]
+
 pub mod agent;
 pub mod api;
 pub mod btf;
@@ -39,6 +44,10 @@ pub mod events;
 pub mod host;
 pub mod layout;
 pub mod lock;
+#[allow(
+    unsafe_code,
+    reason = "bpf(2) commands and typed views of what the kernel wrote"
+)]
 pub mod map_read;
 pub mod metrics;
 pub mod output;
@@ -48,4 +57,6 @@ pub mod probes;
 pub mod shutdown;
 pub mod sock_diag;
 pub mod store;
+#[allow(unsafe_code, reason = "the one home of system calls")]
+pub mod sys;
 pub mod telemetry;

@@ -7,10 +7,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write as _,
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    },
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -78,12 +75,9 @@ pub fn acquire(data_dir: &Path, pin_dir: &Path) -> Result<Held, Error> {
 
 /// Takes an exclusive lock on `file` without waiting.
 fn lock(file: &File, path: &Path) -> Result<(), Error> {
-    // SAFETY: flock(2) on a descriptor this function borrows; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
+    let Err(err) = crate::sys::lock_exclusive(std::os::fd::AsFd::as_fd(file)) else {
         return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
+    };
     if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
         return Err(Error::Io {
             path: path.display().to_string(),

@@ -1,7 +1,10 @@
-//! Reads of whole hash maps in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), and lookup-and-
-//! delete (`BPF_MAP_LOOKUP_AND_DELETE_ELEM` on hash maps, Linux 5.14): aya 0.14 iterates a
-//! map with two syscalls per entry and offers lookup-and-delete for queues and stacks only.
-//! With 50,000 entries that is the difference between 100,000 syscalls a scan and 13.
+//! The bpf(2) commands aya 0.14 lacks, and the agent's one bpf(2) wrapper: reads of whole
+//! hash maps in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), lookup-and-delete
+//! (`BPF_MAP_LOOKUP_AND_DELETE_ELEM` on hash maps, Linux 5.14) and a program's
+//! `recursion_misses`. aya iterates a map with two syscalls per entry and offers
+//! lookup-and-delete for queues and stacks only: with 50,000 entries that is the difference
+//! between 100,000 syscalls a scan and 13. Every map read checks the kernel's key and value
+//! sizes first.
 
 use std::{
     io,
@@ -157,6 +160,35 @@ pub fn take<K: Pod, V: Pod>(map: &MapData, key: &K) -> io::Result<Option<V>> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// `recursion_misses` of a program (`BPF_OBJ_GET_INFO_BY_FD`; aya 0.14 does not expose it).
+pub fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    /// The `bpf_attr` members of `BPF_OBJ_GET_INFO_BY_FD`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `struct bpf_prog_info` up to `recursion_misses` (offset 208) and its neighbours.
+    const INFO_LEN: usize = 232;
+    const RECURSION_MISSES: usize = 208;
+    let mut info = [0u8; INFO_LEN];
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+        info_len: INFO_LEN as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if (attr.info_len as usize) < RECURSION_MISSES + 8 {
+        // An older kernel without the field.
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&info[RECURSION_MISSES..RECURSION_MISSES + 8]);
+    Ok(u64::from_ne_bytes(b))
 }
 
 #[cfg(test)]

@@ -432,7 +432,10 @@ impl Probes {
             .filter_map(|p| p.chosen)
             .filter_map(|(_, _, program)| {
                 let fd = self.ebpf.program(program)?.fd().ok()?;
-                Some((program, prog_recursion_misses(fd.as_fd()).ok()?))
+                Some((
+                    program,
+                    crate::map_read::prog_recursion_misses(fd.as_fd()).ok()?,
+                ))
             })
             .collect()
     }
@@ -537,45 +540,4 @@ pub const fn stat_name(s: Stat) -> &'static str {
         Stat::LostConnectRefused => "ringbuf_full_connect_refused",
         Stat::ClosersFull => "closers_map_full",
     }
-}
-
-/// `recursion_misses` of a program (`BPF_OBJ_GET_INFO_BY_FD`; aya 0.14 does not expose it).
-fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
-    /// The `bpf_attr` members of `BPF_OBJ_GET_INFO_BY_FD`.
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// `struct bpf_prog_info` up to `recursion_misses` (offset 208) and its neighbours.
-    const INFO_LEN: usize = 232;
-    const RECURSION_MISSES: usize = 208;
-    let mut info = [0u8; INFO_LEN];
-    let mut attr = InfoAttr {
-        bpf_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
-        info_len: INFO_LEN as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix; the kernel writes at most `info_len` bytes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut attr,
-            size_of::<InfoAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if (attr.info_len as usize) < RECURSION_MISSES + 8 {
-        // An older kernel without the field.
-        return Err(std::io::Error::from(std::io::ErrorKind::Unsupported));
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&info[RECURSION_MISSES..RECURSION_MISSES + 8]);
-    Ok(u64::from_ne_bytes(b))
 }

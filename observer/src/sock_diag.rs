@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::Path,
     sync::Arc,
     time::Duration,
@@ -142,12 +142,7 @@ pub fn visit_each<T: Send>(
     for (&ino, ns) in namespaces {
         let res = std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: setns on this thread only, with an open namespace fd.
-                let res = if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    f(ino)
-                };
+                let res = crate::sys::enter_netns(ns.as_fd()).and_then(|()| f(ino));
                 (res, Duration::from_nanos(thread_cpu_ns()))
             })
             .join()
@@ -199,33 +194,12 @@ pub fn visit(netns: u32, states: u32, f: &mut impl FnMut(DiagSocket)) -> io::Res
 }
 
 fn dump(family: u16, states: u32, netns: u32, f: &mut impl FnMut(DiagSocket)) -> io::Result<()> {
-    // SAFETY: plain socket(2); the fd is owned by `sock` below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let req = request(family, states);
-    // SAFETY: sending an initialized buffer of its own length to the kernel (address: kernel).
-    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let sock = crate::sys::netlink_socket(NETLINK_SOCK_DIAG)?;
+    crate::sys::send(sock.as_fd(), &request(family, states))?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: receiving into a buffer of the given length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if parse(&buf[..n as usize], netns, f)? {
+        let n = crate::sys::recv(sock.as_fd(), &mut buf)?;
+        if parse(&buf[..n], netns, f)? {
             return Ok(());
         }
     }

@@ -32,31 +32,23 @@ pub struct Decoder {
     layout: Layout,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; the clocks used here always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
+use crate::sys::{Clock, clock_ns};
 
 /// CPU time the calling thread has used, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`).
 pub fn thread_cpu_ns() -> u64 {
-    u64::try_from(clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)).unwrap_or(0)
+    u64::try_from(clock_ns(Clock::ThreadCpu)).unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC` now, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+    u64::try_from(clock_ns(Clock::Monotonic)).unwrap_or(0)
 }
 
 impl Decoder {
     /// A decoder for events from programs loaded with `layout`.
     pub fn new(layout: &Layout) -> Self {
         Self {
-            wall_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            wall_offset_ns: clock_ns(Clock::Realtime) - clock_ns(Clock::Monotonic),
             layout: layout.clone(),
         }
     }

@@ -16,10 +16,7 @@ use std::sync::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData, RingBuf};
 use observer_common::event::RawEvent;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch},
-};
+use tokio::sync::{mpsc, watch};
 
 use super::{
     Event,
@@ -52,9 +49,7 @@ pub async fn run(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    // SAFETY: the `RingBuf` owns its map fd and keeps it open until the `AsyncFd` is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)?;
+    let mut fd = crate::sys::readable(ring)?;
     let mut sweep_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -114,9 +114,10 @@ fn without_the_read_hook() {
         c.write_all(&[1u8; 100]).unwrap();
         let mut got = [0u8; 100];
         s.read_exact(&mut got).unwrap();
-        // The client leaves; the server never closes its end: CLOSE_WAIT.
+        // The client leaves; the server never closes its end: CLOSE_WAIT, held long enough
+        // for scans spaced out by a loaded machine (a slow scan delays the next, SCAN_SHARE).
         drop(c);
-        std::thread::sleep(patience(Duration::from_millis(2500)));
+        std::thread::sleep(patience(Duration::from_secs(5)));
         let sport = s.local_addr().unwrap().port();
         drop(s);
         (ns, sport)
