@@ -6,10 +6,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::event::{Kind, NO_RST_REASON, RawEvent, Role, Stat};
 
-use crate::{
-    maps::{EVENT_SCRATCH, EVENTS, EVENTS_FILL, STATS},
-    socks::Hook,
-};
+use crate::maps::{EVENT_SCRATCH, EVENTS, EVENTS_FILL, Hook, STATS};
 
 /// `BPF_RB_AVAIL_DATA`: bytes produced and not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;

@@ -12,8 +12,6 @@ use observer_common::{
     maps::{CLOSERS_MAX_ENTRIES, FLOWS_MAX_ENTRIES},
 };
 
-use crate::socks::Hook;
-
 /// Field offsets for this kernel, written by userspace through `override_global` before load.
 /// Read: everywhere, through [`off!`](crate::off).
 #[unsafe(no_mangle)]
@@ -89,6 +87,25 @@ pub(crate) static LAYOUT: Array<u32> = Array::pinned(1, 0);
 #[map]
 pub(crate) static CW_PENDING: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(observer_common::maps::CW_EPOCHS, 0);
+
+/// The program calling: each has its own per-CPU word to hash addresses with.
+#[derive(Clone, Copy)]
+pub(crate) enum Hook {
+    /// `sock_state`, and `close_wait`'s entry and exit it calls.
+    State = 0,
+    /// `sock_recv`.
+    Read = 1,
+    /// `close_wait::promote`, the TCP iterator.
+    Promote = 2,
+    /// `reset_received`, which runs in softirq or in the owner's `release_sock()` and may
+    /// interrupt (or be interrupted by) the others.
+    Reset = 3,
+}
+
+impl Hook {
+    /// Entries of `WORD`.
+    pub(crate) const COUNT: u32 = 4;
+}
 
 /// One event per CPU and `Hook`, built here instead of on the stack: the verifier limits a
 /// program and the functions it calls to 512 bytes of stack together, and 5.x and 6.1

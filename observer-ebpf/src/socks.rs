@@ -18,30 +18,12 @@
 
 use observer_common::event::SockState;
 
+pub(crate) use crate::maps::Hook;
 use crate::{
     flows::add,
     maps::{SLOT_BITS, SOCK_SLOTS, SOCKS, SOCKS_HELD, SockSlot, WORD, load},
     sock::Sock,
 };
-
-/// The program calling: each has its own per-CPU word to hash addresses with.
-#[derive(Clone, Copy)]
-pub(crate) enum Hook {
-    /// `sock_state`, and `close_wait`'s entry and exit it calls.
-    State = 0,
-    /// `sock_recv`.
-    Read = 1,
-    /// `close_wait::promote`, the TCP iterator.
-    Promote = 2,
-    /// `reset_received`, which runs in softirq or in the owner's `release_sock()` and may
-    /// interrupt (or be interrupted by) the others.
-    Reset = 3,
-}
-
-impl Hook {
-    /// Entries of `WORD`.
-    pub(crate) const COUNT: u32 = 4;
-}
 
 /// `SockState` of `sk`: its slot's, else its overflow entry's, if it has either.
 #[inline(always)]

@@ -36,7 +36,7 @@ const CHANNEL: usize = 16_384;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `agent` and `check` need before attaching: privileges, BTF, layout.
-pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<(Layout, Privileges)> {
+pub fn prepare(args: &probes::Options) -> anyhow::Result<(Layout, Privileges)> {
     let privileges = Privileges::of_self();
     privileges.require()?;
     let btf = Btf::from_file(&args.btf)?;
@@ -50,7 +50,7 @@ pub fn prepare(args: &crate::config::ProbeArgs) -> anyhow::Result<(Layout, Privi
 /// capabilities allow loading (a seccomp profile that wants `CAP_SYS_ADMIN`).
 pub fn load(
     layout: &Layout,
-    args: &crate::config::ProbeArgs,
+    args: &probes::Options,
     privileges: Privileges,
 ) -> anyhow::Result<Probes> {
     Probes::load(layout, args).map_err(|e| {
@@ -164,7 +164,8 @@ fn claim_node(args: &AgentArgs) -> anyhow::Result<(crate::lock::Held, store::Sto
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     // Everything that can be refused before anything is started: privileges, BTF, layout.
-    let (layout, privileges) = prepare(&args.probes)?;
+    let options = probes::Options::from(&args.probes);
+    let (layout, privileges) = prepare(&options)?;
     let missing = missing_grants(privileges);
     let (_held, store) = claim_node(&args)?;
     let reader_db =
@@ -185,7 +186,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let servers = api::serve::start(&args.serve, &state, &serve_metrics, &stop_rx).await?;
 
-    let mut probes = load(&layout, &args.probes, privileges)?;
+    let mut probes = load(&layout, &options, privileges)?;
     probes.log_plan();
     self_metrics.plan(probes.plan());
     if let Some(logger) = probes.take_logger() {

@@ -5,18 +5,17 @@
 
 use std::{fmt::Write as _, process::ExitCode};
 
-use crate::{agent, config::ProbeArgs, host};
+use crate::{agent, config::ProbeArgs, host, probes};
 
 /// Runs the check and returns the report and the exit code.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
-    let (layout, privileges) = agent::prepare(args)?;
+    let mut options = probes::Options::from(args);
+    let (layout, privileges) = agent::prepare(&options)?;
     // Its own pins, never an agent's: an agent running beside it keeps its CLOSE_WAIT table
     // and its promotion iterator.
-    let private = PrivatePins::beside(&args.pin_dir);
-    let args = &ProbeArgs {
-        pin_dir: private.0.clone(),
-        ..args.clone()
-    };
+    let private = PrivatePins::beside(&options.pin_dir);
+    options.pin_dir.clone_from(&private.0);
+    let args = &options;
     let mut out = String::new();
     let _ = writeln!(out, "kernel: {}", host::kernel_release());
     let _ = writeln!(out, "btf: {}", args.btf.display());

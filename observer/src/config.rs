@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::LogEvents, probes::HookType};
+use crate::{
+    output::LogEvents,
+    pool::detect::Thresholds,
+    probes::{self, HookType, ReadHook},
+};
 
 /// observer: names the TCP connection-handling bugs that take services down (RST-on-close,
 /// CLOSE_WAIT leaks, pool churn) from inside the kernel, with no change to the applications.
@@ -31,16 +35,6 @@ pub enum Command {
     Sockets(SocketsArgs),
     /// Show an agent's probes, hook types, counters and drops.
     Status(ClientArgs),
-}
-
-/// When the read hook (`sock:sock_recv_length`) runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReadHook {
-    /// Only while a socket has waited in CLOSE_WAIT a second or more (and a minute after the
-    /// last one left): a healthy node runs no program on its reads.
-    OnDemand,
-    /// From start to stop.
-    Always,
 }
 
 /// How client commands print.
@@ -600,6 +594,31 @@ pub struct LabelArgs {
         value_parser = humantime::parse_duration
     )]
     pub label_idle: std::time::Duration,
+}
+
+impl From<&ProbeArgs> for probes::Options {
+    fn from(a: &ProbeArgs) -> Self {
+        Self {
+            btf: a.btf.clone(),
+            hook_types: a.hook_types.clone(),
+            skip_probes: a.skip_probes.clone(),
+            read_hook: a.read_hook,
+            socket_slots: a.socket_slots,
+            pin_dir: a.pin_dir.clone(),
+        }
+    }
+}
+
+impl From<&PoolArgs> for Thresholds {
+    fn from(a: &PoolArgs) -> Self {
+        Self {
+            churn_rate: a.churn_rate,
+            churn_lifetime: a.churn_lifetime,
+            explosion: a.explosion_threshold,
+            port_ratio: a.port_pressure_ratio,
+            cooldown: a.detector_cooldown,
+        }
+    }
 }
 
 impl From<&LabelArgs> for crate::metrics::Limits {

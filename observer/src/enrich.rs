@@ -18,8 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::events::Event;
-
 pub mod cgroup;
 
 /// How often a cache miss may re-read the cgroup tree and the log directories.
@@ -72,15 +70,6 @@ impl Enricher {
             cache: HashMap::new(),
             last_scan: None,
         }
-    }
-
-    /// Fills the attribution fields of `e` from its owner's cgroup.
-    pub fn apply(&mut self, e: &mut Event) {
-        let a = self.lookup(e.cgroup_id);
-        e.container_id = a.container_id;
-        e.container = a.container;
-        e.pod = a.pod;
-        e.namespace = a.namespace;
     }
 
     /// The attribution of `cgroup_id`.

@@ -200,6 +200,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// Fills the workload fields from the owner's attribution.
+    pub fn attribute(&mut self, a: crate::enrich::Attribution) {
+        (self.container_id, self.container, self.pod, self.namespace) =
+            (a.container_id, a.container, a.pod, a.namespace);
+    }
+
     /// An event of `kind` with nothing else known: zero ids and counts, unspecified addresses,
     /// unknown role, empty strings, null options. Builders fill in what they know with
     /// `Event { .., ..Event::blank(kind) }`.

@@ -147,7 +147,7 @@ impl Sink {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for e in &mut batch {
-                    enricher.apply(e);
+                    e.attribute(enricher.lookup(e.cgroup_id));
                     if let Some(l) = &e.linked {
                         let peer = enricher.lookup(l.cgroup_id);
                         link::describe(e, peer);

@@ -63,16 +63,6 @@ use detect::{Cooldown, Thresholds, Window};
 pub use flows::Delta;
 pub use metrics::{FlowLabels, Metrics, PortLabels};
 
-/// The programs' maps the monitor reads and fills.
-pub struct Maps {
-    /// Connection counts, by key id.
-    pub flows: BpfHashMap<MapData, u64, FlowEntry>,
-    /// First closers of sockets in TIME_WAIT, by tuple.
-    pub closers: BpfHashMap<MapData, TupleKey, Closer>,
-    /// Owners of listening sockets.
-    pub listeners: BpfHashMap<MapData, ListenKey, Owner>,
-}
-
 /// Reads `FLOWS` and the socket lists, exports the series and runs the detectors.
 pub struct Monitor {
     flows: BpfHashMap<MapData, u64, FlowEntry>,
@@ -105,7 +95,7 @@ struct Seen {
 impl Monitor {
     /// A monitor over the programs' `FLOWS` and `CLOSERS` maps.
     pub fn new(
-        maps: Maps,
+        maps: crate::probes::PoolMaps,
         thresholds: Thresholds,
         metrics: Metrics,
         labeller: Arc<Labeller>,

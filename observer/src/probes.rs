@@ -19,20 +19,22 @@ use aya::{
 use observer_common::{
     OFFSETS_GLOBAL, SLOT_BITS_GLOBAL,
     event::{CloseWaitEntry, Config, RawEvent, Stat},
-    flow::{FlowEntry, FlowKey},
+    flow::{Closer, FlowEntry, FlowKey, ListenKey, Owner, TupleKey},
     layout::ABSENT,
     maps,
 };
 use tracing::{info, warn};
 
-use crate::{config::ReadHook, layout::Layout};
+use crate::layout::Layout;
 
 mod attach;
 mod degraded;
+mod options;
 mod pins;
 mod promote;
 
 pub use degraded::Degraded;
+pub use options::{Options, ReadHook};
 pub use promote::Promoter;
 
 /// The eBPF object built by `build.rs`.
@@ -159,6 +161,16 @@ pub enum Error {
     PinDir(#[from] crate::host::PinDirError),
 }
 
+/// The programs' maps the pool monitor reads and fills.
+pub struct PoolMaps {
+    /// Connection counts, by key id.
+    pub flows: HashMap<MapData, u64, FlowEntry>,
+    /// First closers of sockets in TIME_WAIT, by tuple.
+    pub closers: HashMap<MapData, TupleKey, Closer>,
+    /// Owners of listening sockets.
+    pub listeners: HashMap<MapData, ListenKey, Owner>,
+}
+
 /// The loaded programs and their links. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
@@ -199,7 +211,7 @@ impl OnDemand {
 impl Probes {
     /// Loads the object with `layout`'s offsets and attaches one hook per purpose, trying only
     /// `allowed` hook types, in that order.
-    pub fn load(layout: &Layout, args: &crate::config::ProbeArgs) -> Result<Self, Error> {
+    pub fn load(layout: &Layout, args: &Options) -> Result<Self, Error> {
         let (btf_path, allowed) = (args.btf.as_path(), args.hook_types.as_slice());
         crate::host::pin_dir(&args.pin_dir)?;
         pins::drop_stale(&args.pin_dir);
@@ -383,8 +395,8 @@ impl Probes {
     }
 
     /// Takes the maps of the pool monitor.
-    pub fn take_pool(&mut self) -> Result<crate::pool::Maps, Error> {
-        Ok(crate::pool::Maps {
+    pub fn take_pool(&mut self) -> Result<PoolMaps, Error> {
+        Ok(PoolMaps {
             flows: self.flows.take().ok_or(Error::MissingMap(maps::FLOWS))?,
             closers: take(&mut self.ebpf, maps::CLOSERS)?,
             listeners: take(&mut self.ebpf, maps::LISTENERS)?,
@@ -471,7 +483,7 @@ fn attach_optional(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
     layout: &Layout,
-    args: &crate::config::ProbeArgs,
+    args: &Options,
 ) -> Result<(Vec<PlanEntry>, Option<OnDemand>), Error> {
     let allowed = args.hook_types.as_slice();
     let mut plan = Vec::new();

@@ -10,10 +10,7 @@ use std::{
 use observer_common::flow::LIFETIME_BUCKETS;
 
 use super::lifetimes::median_le_ms;
-use crate::{
-    config::PoolArgs,
-    events::{Figures, Kind, human},
-};
+use crate::events::{Figures, Kind, human};
 
 /// When each detector reports (from the flags).
 #[derive(Debug, Clone)]
@@ -28,18 +25,6 @@ pub struct Thresholds {
     pub port_ratio: f64,
     /// Quiet time after a report.
     pub cooldown: Duration,
-}
-
-impl From<&PoolArgs> for Thresholds {
-    fn from(a: &PoolArgs) -> Self {
-        Self {
-            churn_rate: a.churn_rate,
-            churn_lifetime: a.churn_lifetime,
-            explosion: a.explosion_threshold,
-            port_ratio: a.port_pressure_ratio,
-            cooldown: a.detector_cooldown,
-        }
-    }
 }
 
 /// One workload's connections to one peer over one scan window.
