@@ -3,6 +3,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::*;
 
 fn limits(peers: usize, workloads: usize) -> Limits {
