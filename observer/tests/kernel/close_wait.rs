@@ -525,6 +525,8 @@ fn the_read_hook_is_attached_while_a_socket_waits() {
     assert_eq!(reads(&scrape(&agent.url)), Some(0.0), "detached at start");
     let (waiting_tx, waiting_rx) = mpsc::channel();
     let (attached_tx, attached_rx) = mpsc::channel::<()>();
+    let (read_tx, read_rx) = mpsc::channel();
+    let (reported_tx, reported_rx) = mpsc::channel::<()>();
     let scenario = std::thread::spawn(move || {
         in_netns(move |ns| {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -547,15 +549,16 @@ fn the_read_hook_is_attached_while_a_socket_waits() {
             // Only the second socket is read once the hook runs.
             let mut rest = [0u8; 50];
             (&servers[1]).read_exact(&mut rest).unwrap();
-            std::thread::sleep(patience_secs(6));
             // Told apart by the peer's port: the local one is the listener's.
             let ports: Vec<u16> = servers
                 .iter()
                 .map(|s| s.peer_addr().unwrap().port())
                 .collect();
+            read_tx.send((ns, ports)).unwrap();
+            // Held in CLOSE_WAIT until both are reported, however slow the scans.
+            reported_rx.recv().unwrap();
             drop(servers);
-            (ns, ports)
-        })
+        });
     });
     waiting_rx.recv().unwrap();
     wait_metrics(
@@ -565,8 +568,10 @@ fn the_read_hook_is_attached_while_a_socket_waits() {
         |t| reads(t) == Some(1.0),
     );
     attached_tx.send(()).unwrap();
-    let (ns, ports) = scenario.join().unwrap();
+    let (ns, ports) = read_rx.recv().unwrap();
     let leaks = wait_kind(&agent, ns, "close_wait_leak", 2);
+    reported_tx.send(()).unwrap();
+    scenario.join().unwrap();
     assert_eq!(leaks.len(), 2, "{leaks:#?}");
     let leak = |port: u16| {
         leaks
