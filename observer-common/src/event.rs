@@ -180,6 +180,25 @@ pub enum Stat {
 }
 
 impl Stat {
+    /// The counter's name, as logs, `observer status` and `observer_events_lost_total` show it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::LostRstOnClose => "ringbuf_full_rst_on_close",
+            Self::LostLingerAbort => "ringbuf_full_linger_abort",
+            Self::PendingFull => "pending_map_full",
+            Self::SocksFull => "socks_map_full",
+            Self::ReadFailed => "kernel_read_failed",
+            Self::LostCloseWaitResolved => "ringbuf_full_close_wait_resolved",
+            Self::CloseWaitFull => "close_wait_map_full",
+            Self::FlowsFull => "flows_map_full",
+            Self::CloseWaitUnpromoted => "close_wait_unpromoted",
+            Self::LostResetReceived => "ringbuf_full_reset_received",
+            Self::LostConnectRefused => "ringbuf_full_connect_refused",
+            Self::ClosersFull => "closers_map_full",
+        }
+    }
+
     /// Number of counters in `STATS`.
     pub const COUNT: u32 = 12;
     /// Every counter, in index order.

@@ -438,12 +438,9 @@ impl Drops {
                 Stat::FlowsFull => {
                     m.flows_full.inc_by(*d);
                 }
-                _ => m.lost(probes::stat_name(*stat), *d),
+                _ => m.lost(stat.name(), *d),
             }
-            warn!(
-                counter = probes::stat_name(*stat),
-                total, "kernel-side drops or errors"
-            );
+            warn!(counter = stat.name(), total, "kernel-side drops or errors");
         }
         let misses = probes.recursion_misses();
         let totals: Vec<u64> = misses.iter().map(|(_, n)| *n).collect();
@@ -473,7 +470,7 @@ impl Drops {
             s.drops.insert(name.to_owned(), total);
         }
         for (stat, total) in kernel {
-            s.drops.insert(probes::stat_name(stat).to_owned(), total);
+            s.drops.insert(stat.name().to_owned(), total);
         }
     }
 }

@@ -10,7 +10,7 @@
 //! Optional hooks are attached first, then `FLAGS` is written, then the required hook: so the
 //! programs never run with switches that do not match the plan.
 
-use std::{fmt, os::fd::AsFd as _, str::FromStr};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
@@ -20,7 +20,6 @@ use observer_common::{
     OFFSETS_GLOBAL, SLOT_BITS_GLOBAL,
     event::{CloseWaitEntry, Config, RawEvent, Stat},
     flow::{Closer, FlowEntry, FlowKey, ListenKey, Owner, TupleKey},
-    layout::ABSENT,
     maps,
 };
 use tracing::{info, warn};
@@ -29,137 +28,21 @@ use crate::layout::Layout;
 
 mod attach;
 mod degraded;
+mod error;
 mod options;
 mod pins;
+mod plan;
 mod promote;
 
 pub use degraded::Degraded;
+pub use error::Error;
 pub use options::{Options, ReadHook};
+use plan::reset_has_reason;
+pub use plan::{HookType, PlanEntry};
 pub use promote::Promoter;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
-
-/// A program type a hook can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HookType {
-    /// BTF-enabled tracepoint (`tp_btf`), 5.5+.
-    TpBtf,
-    /// Raw tracepoint, 4.17+.
-    RawTracepoint,
-    /// Classic tracepoint with a tracefs record layout.
-    Tracepoint,
-    /// fexit on a kernel function (BTF-typed arguments and return value), 5.5+.
-    Fexit,
-    /// kprobe on a kernel function.
-    Kprobe,
-}
-
-impl HookType {
-    /// Every type, in default order of preference.
-    pub const ALL: [Self; 5] = [
-        Self::TpBtf,
-        Self::RawTracepoint,
-        Self::Tracepoint,
-        Self::Fexit,
-        Self::Kprobe,
-    ];
-
-    /// The name used in flags, logs and the plan.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::RawTracepoint => "raw_tracepoint",
-            Self::Tracepoint => "tracepoint",
-            Self::Fexit => "fexit",
-            Self::Kprobe => "kprobe",
-        }
-    }
-}
-
-impl fmt::Display for HookType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for HookType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown hook type {s:?} (expected tp_btf, raw_tracepoint, tracepoint, fexit \
-                     or kprobe)"
-                )
-            })
-    }
-}
-
-/// How one purpose was served.
-#[derive(Debug, Clone)]
-pub struct PlanEntry {
-    /// What the hook is for (`state`, `reset_reason`, `reads`).
-    pub purpose: &'static str,
-    /// Whether the agent cannot run without it.
-    pub required: bool,
-    /// The hook that was attached: (type, kernel target, program name).
-    pub chosen: Option<(HookType, &'static str, &'static str)>,
-    /// What was tried and refused (`type target`), with the kernel's answer.
-    pub refused: Vec<(String, String)>,
-}
-
-/// Start-up failures of the probes, each naming what failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object could not be loaded (maps created, globals set).
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// The BTF file aya needs for BTF tracepoints could not be read.
-    #[error("reading BTF from {path} for tp_btf programs: {source}")]
-    Btf {
-        /// The file.
-        path: String,
-        /// aya's error.
-        #[source]
-        source: aya::BtfError,
-    },
-    /// A required hook was refused by every candidate.
-    #[error("required hook {purpose} could not be attached: {refusals}")]
-    Required {
-        /// The purpose.
-        purpose: &'static str,
-        /// Every refusal, joined.
-        refusals: String,
-    },
-    /// A map the programs define is missing or of another type.
-    #[error("map {name}: {source}")]
-    Map {
-        /// The map.
-        name: &'static str,
-        /// aya's error.
-        #[source]
-        source: aya::maps::MapError,
-    },
-    /// The on-demand read hook could not be attached or detached.
-    #[error("attaching or detaching {program}: {source}")]
-    Detach {
-        /// The program.
-        program: &'static str,
-        /// aya's error.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    /// A map the programs define is missing.
-    #[error("map {0} not found in the eBPF object")]
-    MissingMap(&'static str),
-    /// bpffs or the pin directory is not usable.
-    #[error(transparent)]
-    PinDir(#[from] crate::host::PinDirError),
-}
 
 /// The programs' maps the pool monitor reads and fills.
 pub struct PoolMaps {
@@ -461,22 +344,6 @@ impl Probes {
     }
 }
 
-impl PlanEntry {
-    /// Whether the operator left this purpose out (`--skip-probes`).
-    pub fn is_skipped(&self) -> bool {
-        self.chosen.is_none() && self.refused.iter().any(|(_, why)| why == attach::SKIPPED)
-    }
-
-    /// Every refusal as one line.
-    pub fn refusals(&self) -> String {
-        self.refused
-            .iter()
-            .map(|(what, why)| format!("{what}: {why}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
 /// Attaches the optional purposes (those `--skip-probes` leaves alone), and detaches the read
 /// hook again at once where `--read-hook on-demand` attaches it only when needed.
 fn attach_optional(
@@ -518,38 +385,10 @@ fn attach_optional(
     Ok((plan, reads))
 }
 
-/// Whether the reset hook, attached as `ty`, gets the kernel's RST reason (6.10+): only then is
-/// an abort worth holding until the reset, which the kernel traces at the end of
-/// `tcp_send_active_reset` on those kernels.
-fn reset_has_reason(ty: HookType, layout: &Layout) -> bool {
-    match ty {
-        HookType::Tracepoint => layout.offsets.tp_reset_reason != ABSENT,
-        _ => layout.offsets.btf_reset_has_reason == 1,
-    }
-}
-
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
     T::try_from(map).map_err(|source| Error::Map { name, source })
-}
-
-/// Human name of a counter, as logs and `check` show it.
-pub const fn stat_name(s: Stat) -> &'static str {
-    match s {
-        Stat::LostRstOnClose => "ringbuf_full_rst_on_close",
-        Stat::LostLingerAbort => "ringbuf_full_linger_abort",
-        Stat::PendingFull => "pending_map_full",
-        Stat::SocksFull => "socks_map_full",
-        Stat::ReadFailed => "kernel_read_failed",
-        Stat::LostCloseWaitResolved => "ringbuf_full_close_wait_resolved",
-        Stat::CloseWaitFull => "close_wait_map_full",
-        Stat::FlowsFull => "flows_map_full",
-        Stat::CloseWaitUnpromoted => "close_wait_unpromoted",
-        Stat::LostResetReceived => "ringbuf_full_reset_received",
-        Stat::LostConnectRefused => "ringbuf_full_connect_refused",
-        Stat::ClosersFull => "closers_map_full",
-    }
 }
