@@ -1,0 +1,82 @@
+//! The running pipeline: the ring-buffer reader, the linking of aborts to resets and the
+//! CLOSE_WAIT tracker as tasks, the pool monitor and the sink as threads; started together,
+//! drained in order.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use super::CHANNEL;
+use crate::{
+    close_wait::{self, Tracker},
+    events::{decode::Decoder, link, reader},
+    output, pool,
+};
+
+/// The running pipeline: reader task -> tracker task -> sink thread, and the pool monitor's
+/// thread -> sink thread.
+pub(super) struct Pipeline {
+    reader: tokio::task::JoinHandle<std::io::Result<()>>,
+    link: tokio::task::JoinHandle<()>,
+    tracker: tokio::task::JoinHandle<()>,
+    pool: std::thread::JoinHandle<()>,
+    pool_stop: std::sync::mpsc::Sender<()>,
+    sink: std::thread::JoinHandle<()>,
+}
+
+impl Pipeline {
+    pub(super) fn start(
+        (ring, pending): (
+            aya::maps::RingBuf<aya::maps::MapData>,
+            Option<aya::maps::HashMap<aya::maps::MapData, u64, observer_common::event::RawEvent>>,
+        ),
+        decoder: Decoder,
+        tracker: Tracker,
+        (monitor, pool_every): (pool::Monitor, Duration),
+        sink: output::Sink,
+        counters: Arc<reader::Counters>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
+        let (linked_tx, linked_rx) = mpsc::channel(CHANNEL);
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let link_metrics = sink.metrics.link.clone();
+        let sink = std::thread::Builder::new()
+            .name("observer-sink".to_owned())
+            .spawn(move || sink.run(rx, std::io::stdout()))
+            .context("starting the sink thread")?;
+        let (pool_stop, pool_stop_rx) = std::sync::mpsc::channel();
+        let pool = pool::spawn(monitor, pool_every, tx.clone(), pool_stop_rx)
+            .context("starting the pool monitor thread")?;
+        Ok(Self {
+            reader: tokio::spawn(reader::run(ring, pending, decoder, raw_tx, counters, stop)),
+            link: tokio::spawn(link::run(raw_rx, linked_tx, link_metrics)),
+            tracker: tokio::spawn(close_wait::run(tracker, linked_rx, tx)),
+            pool,
+            pool_stop,
+            sink,
+        })
+    }
+
+    /// Waits for each stage to drain, in order (the reader closes the first channel).
+    pub(super) async fn finish(self) -> anyhow::Result<()> {
+        self.reader.await.context("reader task")??;
+        self.link.await.context("link task")?;
+        self.tracker.await.context("close_wait task")?;
+        let _ = self.pool_stop.send(());
+        // A scan in progress finishes first (a few milliseconds to a second on a busy node).
+        let pool = self.pool;
+        if tokio::task::spawn_blocking(move || pool.join())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            warn!("the pool monitor thread panicked");
+        }
+        if self.sink.join().is_err() {
+            warn!("the sink thread panicked");
+        }
+        Ok(())
+    }
+}
