@@ -26,8 +26,25 @@
 //! * [`cli`] — `observer events | sockets | status`, clients of an agent's API.
 //! * [`shutdown`] — SIGINT and SIGTERM.
 //!
-//! Data flow: `probes` → `events::reader` → bounded `mpsc` → `close_wait` (one task, adds leak
-//! events) → bounded `mpsc` → `output`.
+//! # Data flow
+//!
+//! ```text
+//!  kernel programs (observer-ebpf)
+//!   |  ring buffer: aborts, resets, resolved CLOSE_WAITs      maps: CLOSE_WAIT, FLOWS, CLOSERS
+//!   v                                                           |            |
+//!  events::reader (task) -> events::link (task) -> close_wait (task)   pool (thread)
+//!                                                  | book: the pure core  | flows, time_wait,
+//!                                                  v leak events          v detect: pure cores
+//!                                     bounded mpsc: every event ------> output::Sink (thread)
+//!                                                                       | store (SQLite), JSON
+//!                                                                       | lines, metrics
+//!  api (tasks): /metrics, /api/v1/{events,sockets,status} <- store::Reader, close_wait::Live
+//! ```
+//!
+//! Dependencies run one way: commands (`agent`, `check`, `cli`) and `config` at the top, the
+//! areas (`close_wait`, `pool`, `events`, `output`, `api`) below, then `probes`, `metrics`,
+//! `enrich`, `sock_diag`, and `sys` and `map_read` at the bottom
+//! (`tests/architecture.rs` checks there is no cycle).
 
 // `unsafe` lives only in `sys`, `map_read` and the ring-buffer decode boundary.
 #![deny(unsafe_code)]

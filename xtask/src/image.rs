@@ -6,7 +6,7 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{output, setup, status, test};
+use crate::{apt, output, setup, status};
 
 /// The target of the static binary.
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -35,7 +35,7 @@ pub(crate) fn name() -> Result<String> {
 /// Builds the image and prints its name and size.
 pub(crate) fn run() -> Result<String> {
     setup::run()?;
-    test::install_missing(PACKAGES)?;
+    apt::install_missing(PACKAGES)?;
     let installed =
         output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == MUSL) {

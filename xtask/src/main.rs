@@ -16,6 +16,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod apt;
 mod bench;
 mod clippy;
 mod fuzz;

@@ -6,9 +6,9 @@
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::{clippy, fuzz, image, previous, setup, setup::NIGHTLY, status, vm};
+use crate::{apt, clippy, fuzz, image, previous, setup, setup::NIGHTLY, status, vm};
 
 /// Debian packages the tests use as real clients and servers, with a command proving each is
 /// installed.
@@ -67,32 +67,7 @@ fn host() -> Result<()> {
 
 /// Installs the Debian packages the tests (and the benchmarks) drive, where missing.
 pub(crate) fn install_packages() -> Result<()> {
-    install_missing(PACKAGES)
-}
-
-/// Installs the Debian packages of `packages` whose probe command fails.
-pub(crate) fn install_missing(packages: &[(&str, &[&str])]) -> Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|(_, probe)| crate::output(Command::new(probe[0]).args(&probe[1..])).is_none())
-        .map(|(name, _)| *name)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if crate::output(Command::new("apt-get").arg("--version")).is_none() {
-        bail!(
-            "the tests need these Debian packages and apt-get is not available: {}",
-            missing.join(" ")
-        );
-    }
-    status(Command::new("apt-get").args(["update", "-qq"]))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    apt::install_missing(PACKAGES)
 }
 
 /// Installs checkov into `target/tools/checkov` unless it is there.

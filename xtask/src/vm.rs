@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{output, status, test::install_missing};
+use crate::{apt::install_missing, output, status};
 
 /// Debian packages the guest needs, with a command proving each is installed.
 const PACKAGES: &[(&str, &[&str])] = &[
