@@ -19,7 +19,8 @@ use crate::{maps::NETNS_SEEN, off};
 /// BTF-typed pointer: plain loads, which the verifier checks against the kernel's types (the
 /// offsets are constants from the read-only `OFFSETS`) and which read 0 instead of faulting;
 /// fields past `struct sock` are loaded from the `tcp_sock` that `bpf_skc_to_tcp_sock` returns.
-/// `false` elsewhere: `bpf_probe_read_kernel`, about 100 ns each on the development VM.
+/// `false` elsewhere: `bpf_probe_read_kernel`, a helper call per field (its cost is in
+/// `docs/performance.md`).
 #[derive(Clone, Copy)]
 pub(crate) struct Sock<const BTF: bool>(pub(crate) *const u8);
 
@@ -247,8 +248,8 @@ impl<const BTF: bool> Tcp<BTF> {
     /// refreshed before an incoming segment is processed (`tcp_rcv_state_process`,
     /// `tcp_rcv_established`), by the retransmit timer, and after data is copied to the reader
     /// (`tcp_rcv_space_adjust`). Call it only there: elsewhere it may be as old as the last
-    /// segment. A load instead of a clock read (about 170 ns on the development VM); the clock
-    /// where the field is absent or the pointer is not BTF-typed.
+    /// segment. A load instead of a clock read (`docs/performance.md` has both costs); the
+    /// clock where the field is absent or the pointer is not BTF-typed.
     #[inline(always)]
     pub(crate) fn refreshed_now_ns(self) -> u64 {
         let at = off!(tcp_mstamp);

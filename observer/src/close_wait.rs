@@ -54,14 +54,14 @@ use crate::{
 
 /// How often the map is read for leaks.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
-/// A scan runs at most 1/`SCAN_SHARE` of the time: one that took 50 ms (about 50,000 sockets
-/// in CLOSE_WAIT on the development VM) is followed by the next 2 s later, not 1 s. It also
-/// runs on the thread that reads the ring buffer and serves the API.
+/// A scan runs at most 1/`SCAN_SHARE` of the time: one that takes 50 ms is followed by the
+/// next 2 s later, not 1 s (figures in `docs/performance.md`). It runs on the thread that also
+/// reads the ring buffer and serves the API.
 pub const SCAN_SHARE: u32 = 40;
 /// Leaks reported per scan at most, oldest first; the others wait for the next scans. Tens of
 /// thousands of sockets crossing the threshold at once (a mass leak) are then reported over
-/// some seconds instead of as one batch held in memory whole: with 50,000 sockets, the agent's
-/// peak RSS 84 -> 72 MiB, resident afterwards 51 MiB instead of 80.
+/// some seconds instead of as one batch held in memory whole (the memory this saves is in
+/// `docs/performance.md`).
 pub const LEAKS_PER_SCAN: usize = 4096;
 /// `BPF_EXIST`: update only an entry that is still there (the kernel may have removed it).
 const BPF_EXIST: u64 = 2;

@@ -10,8 +10,8 @@ pub use caps::{Missing, NotPrivileged, Privileges};
 /// gets an arena of its own, and freed memory stays in the arena it came from: a burst (tens of
 /// thousands of CLOSE_WAIT sockets listed and reported at once, on the CLOSE_WAIT and pool
 /// threads) then leaves its peak resident in several arenas. The agent's threads allocate
-/// little at the same time, so one arena costs no contention; measured with 50,000 sockets in
-/// CLOSE_WAIT: peak RSS 95 -> 73 MiB. Call before any thread is started.
+/// little at the same time, so one arena costs no contention (the peak it saves is in
+/// `docs/performance.md`). Call before any thread is started.
 pub fn single_malloc_arena() {
     crate::sys::single_malloc_arena();
 }
