@@ -55,8 +55,8 @@ use crate::{
 /// How often the map is read for leaks.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// A scan runs at most 1/`SCAN_SHARE` of the time: one that takes 50 ms is followed by the
-/// next 2 s later, not 1 s (figures in `docs/performance.md`). It runs on the thread that also
-/// reads the ring buffer and serves the API.
+/// next 2 s later, not 1 s (figures in `docs/performance.md`): the tracker's thread also passes
+/// every event on to the writers.
 pub const SCAN_SHARE: u32 = 40;
 /// Leaks reported per scan at most, oldest first; the others wait for the next scans. Tens of
 /// thousands of sockets crossing the threshold at once (a mass leak) are then reported over
@@ -215,7 +215,23 @@ impl Tracker {
     }
 }
 
-/// The tracker's task: passes events from `rx` to `tx`, completing CLOSE_WAIT ones, and adds
+/// Runs the tracker ([`run`]) on a thread of its own: its scans block (map reads, setns
+/// sweeps, `/proc` walks), and must not hold up the runtime that reads the ring buffer and
+/// answers `/healthz`.
+pub fn spawn(
+    tracker: Tracker,
+    rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Event>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("observer-close-wait".to_owned())
+        .spawn(move || rt.block_on(run(tracker, rx, tx)))
+}
+
+/// The tracker's loop: passes events from `rx` to `tx`, completing CLOSE_WAIT ones, and adds
 /// leak events every [`SCAN_EVERY`] (see [`SCAN_SHARE`]). Ends when `rx` closes.
 pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::Sender<Event>) {
     let report = tracker.startup();

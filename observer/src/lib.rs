@@ -32,7 +32,7 @@
 //!  kernel programs (observer-ebpf)
 //!   |  ring buffer: aborts, resets, resolved CLOSE_WAITs      maps: CLOSE_WAIT, FLOWS, CLOSERS
 //!   v                                                           |            |
-//!  events::reader (task) -> events::link (task) -> close_wait (task)   pool (thread)
+//!  events::reader (task) -> events::link (task) -> close_wait (thread) pool (thread)
 //!                                                  | book: the pure core  | flows, time_wait,
 //!                                                  v leak events          v detect: pure cores
 //!                                     bounded mpsc: every event ------> output::Sink (thread)

@@ -1,6 +1,7 @@
-//! The running pipeline: the ring-buffer reader, the linking of aborts to resets and the
-//! CLOSE_WAIT tracker as tasks, the pool monitor and the sink as threads; started together,
-//! drained in order.
+//! The running pipeline: the ring-buffer reader and the linking of aborts to resets as tasks
+//! (fd-driven work), the CLOSE_WAIT tracker, the pool monitor and the sink as threads (their
+//! setns sweeps, map reads, `/proc` walks and disk writes block); started together, drained in
+//! order.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,7 +21,7 @@ use crate::{
 pub(super) struct Pipeline {
     reader: tokio::task::JoinHandle<std::io::Result<()>>,
     link: tokio::task::JoinHandle<()>,
-    tracker: tokio::task::JoinHandle<()>,
+    tracker: std::thread::JoinHandle<()>,
     pool: std::thread::JoinHandle<()>,
     pool_stop: std::sync::mpsc::Sender<()>,
     sink: std::thread::JoinHandle<()>,
@@ -53,7 +54,8 @@ impl Pipeline {
         Ok(Self {
             reader: tokio::spawn(reader::run(ring, pending, decoder, raw_tx, counters, stop)),
             link: tokio::spawn(link::run(raw_rx, linked_tx, link_metrics)),
-            tracker: tokio::spawn(close_wait::run(tracker, linked_rx, tx)),
+            tracker: close_wait::spawn(tracker, linked_rx, tx)
+                .context("starting the CLOSE_WAIT tracker thread")?,
             pool,
             pool_stop,
             sink,
@@ -64,7 +66,13 @@ impl Pipeline {
     pub(super) async fn finish(self) -> anyhow::Result<()> {
         self.reader.await.context("reader task")??;
         self.link.await.context("link task")?;
-        self.tracker.await.context("close_wait task")?;
+        let tracker = self.tracker;
+        if tokio::task::spawn_blocking(move || tracker.join())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            warn!("the CLOSE_WAIT tracker thread panicked");
+        }
         let _ = self.pool_stop.send(());
         // A scan in progress finishes first (a few milliseconds to a second on a busy node).
         let pool = self.pool;
