@@ -91,7 +91,7 @@ impl ProbeStatus {
     /// The status line of a plan entry.
     pub fn of(p: &PlanEntry) -> Self {
         Self {
-            purpose: p.purpose,
+            purpose: p.purpose.as_str(),
             required: p.required,
             attached: p.chosen.is_some(),
             on_demand: false,

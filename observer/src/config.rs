@@ -13,7 +13,7 @@ pub use pool::{LabelArgs, PoolArgs};
 
 use crate::{
     output::LogEvents,
-    probes::{self, HookType, ReadHook},
+    probes::{self, HookType, Purpose, ReadHook},
 };
 
 /// observer: names the TCP connection-handling bugs that take services down (RST-on-close,
@@ -75,9 +75,9 @@ pub struct ProbeArgs {
         env = "OBSERVER_SKIP_PROBES",
         value_name = "PROBES",
         value_delimiter = ',',
-        value_parser = ["reads", "reset_reason", "resets_received"]
+        value_enum
     )]
-    pub skip_probes: Vec<String>,
+    pub skip_probes: Vec<Purpose>,
 
     /// When the read hook runs: `on-demand` attaches it only while a socket has waited in
     /// CLOSE_WAIT a second or more (what it adds, the owner's reads, is reported for those

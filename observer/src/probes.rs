@@ -38,7 +38,7 @@ pub use degraded::Degraded;
 pub use error::Error;
 pub use options::{Options, ReadHook};
 use plan::reset_has_reason;
-pub use plan::{HookType, PlanEntry};
+pub use plan::{HookType, PlanEntry, Purpose};
 pub use promote::Promoter;
 
 /// The eBPF object built by `build.rs`.
@@ -115,7 +115,7 @@ impl Probes {
         let (mut plan, reads) = attach_optional(&mut ebpf, &btf, layout, args)?;
         let hold_for_reset = plan
             .iter()
-            .find(|p| p.purpose == "reset_reason")
+            .find(|p| p.purpose == Purpose::ResetReason)
             .and_then(|p| p.chosen)
             .is_some_and(|(ty, ..)| reset_has_reason(ty, layout));
         // The iterator is a BTF tracing program, as tp_btf ones are: used only where they are.
@@ -162,7 +162,7 @@ impl Probes {
         plan.push(state);
         if let Some(refusals) = failed {
             return Err(Error::Required {
-                purpose: attach::REQUIRED.name,
+                purpose: attach::REQUIRED.purpose,
                 refusals,
             });
         }
@@ -246,19 +246,19 @@ impl Probes {
         for p in &self.plan {
             match p.chosen {
                 Some((ty, target, program)) => {
-                    info!(purpose = p.purpose, hook = target, r#type = %ty, program, "probe attached");
+                    info!(purpose = p.purpose.as_str(), hook = target, r#type = %ty, program, "probe attached");
                     if !p.refused.is_empty() {
-                        warn!(purpose = p.purpose, r#type = %ty, refused = %p.refusals(), "probe attached through a fallback");
+                        warn!(purpose = p.purpose.as_str(), r#type = %ty, refused = %p.refusals(), "probe attached through a fallback");
                     }
                 }
                 None if p.is_skipped() => {
                     info!(
-                        purpose = p.purpose,
+                        purpose = p.purpose.as_str(),
                         "optional probe left out with --skip-probes"
                     );
                 }
                 None => {
-                    warn!(purpose = p.purpose, refusals = %p.refusals(), "optional probe unavailable");
+                    warn!(purpose = p.purpose.as_str(), refusals = %p.refusals(), "optional probe unavailable");
                 }
             }
         }
@@ -356,13 +356,13 @@ fn attach_optional(
     let mut plan = Vec::new();
     let mut reads = None;
     for purpose in attach::OPTIONAL {
-        if args.skip_probes.iter().any(|s| s == purpose.name) {
+        if args.skip_probes.contains(&purpose.purpose) {
             plan.push(attach::skipped(purpose));
             continue;
         }
         let (entry, link) = attach::attach(ebpf, purpose, btf, layout, allowed);
         if let (Some(chosen), Some(link)) = (entry.chosen, link)
-            && purpose.name == attach::READS
+            && purpose.purpose == Purpose::Reads
             && args.read_hook == ReadHook::OnDemand
         {
             // Loaded and attached once, so the plan is the kernel's answer; attached again

@@ -63,7 +63,7 @@ fn exported() -> BTreeSet<(String, String)> {
     drop(tx);
     sink.run(rx, std::io::sink());
     m.self_metrics.plan(&[PlanEntry {
-        purpose: "state",
+        purpose: observer::probes::Purpose::State,
         required: true,
         chosen: Some((HookType::TpBtf, "inet_sock_set_state", "state_btf")),
         refused: vec![],

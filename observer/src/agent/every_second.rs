@@ -11,7 +11,7 @@ use crate::{
     api,
     events::reader,
     metrics::{self, Deltas, SelfMetrics},
-    probes::Probes,
+    probes::{Probes, Purpose},
 };
 
 /// `--read-hook on-demand`: the read hook runs while a socket has waited in CLOSE_WAIT
@@ -75,14 +75,18 @@ pub(super) fn show_reads(probes: &Probes, state: &api::State, m: &SelfMetrics) {
     let Some(attached) = probes.reads_on_demand() else {
         return;
     };
-    if let Some(p) = probes.plan().iter().find(|p| p.purpose == "reads") {
+    if let Some(p) = probes.plan().iter().find(|p| p.purpose == Purpose::Reads) {
         m.probe_attached(p, attached);
     }
     let mut s = state
         .status
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(p) = s.probes.iter_mut().find(|p| p.purpose == "reads") {
+    if let Some(p) = s
+        .probes
+        .iter_mut()
+        .find(|p| p.purpose == Purpose::Reads.as_str())
+    {
         p.attached = attached;
         p.on_demand = true;
     }

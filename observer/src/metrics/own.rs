@@ -188,7 +188,7 @@ impl SelfMetrics {
             });
         self.probe_attached
             .get_or_create(&ProbeLabels {
-                purpose: p.purpose.to_owned(),
+                purpose: p.purpose.as_str().to_owned(),
                 hook,
                 r#type: ty,
             })

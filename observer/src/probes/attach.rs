@@ -9,7 +9,7 @@ use aya::{
     },
 };
 
-use super::{HookType, PlanEntry};
+use super::{HookType, PlanEntry, Purpose};
 use crate::layout::{Layout, tracefs};
 
 /// One way to serve a purpose: a program in the object and where it attaches.
@@ -25,8 +25,8 @@ pub(super) struct Candidate {
 }
 
 /// A purpose and its candidates, in order of preference.
-pub(super) struct Purpose {
-    pub(super) name: &'static str,
+pub(super) struct Hooks {
+    pub(super) purpose: Purpose,
     required: bool,
     candidates: &'static [Candidate],
 }
@@ -53,8 +53,8 @@ const fn fexit(program: &'static str, target: &'static str, params: u32) -> Cand
 use HookType::{Fexit, Kprobe, RawTracepoint, TpBtf, Tracepoint};
 
 /// State changes: owners, roles, abort detection. The agent cannot run without it.
-pub(super) const REQUIRED: Purpose = Purpose {
-    name: "state",
+pub(super) const REQUIRED: Hooks = Hooks {
+    purpose: Purpose::State,
     required: true,
     candidates: &[
         c(TpBtf, "state_btf", "inet_sock_set_state"),
@@ -63,16 +63,10 @@ pub(super) const REQUIRED: Purpose = Purpose {
     ],
 };
 
-/// The purpose of the read hook, which `--read-hook on-demand` attaches only when needed.
-pub(super) const READS: &str = "reads";
-
-/// The purpose of the received-reset hook.
-pub(super) const RESETS_RECEIVED: &str = "resets_received";
-
 /// Hooks the agent degrades without, attached before [`REQUIRED`].
-pub(super) const OPTIONAL: &[Purpose] = &[
-    Purpose {
-        name: "reset_reason",
+pub(super) const OPTIONAL: &[Hooks] = &[
+    Hooks {
+        purpose: Purpose::ResetReason,
         required: false,
         candidates: &[
             c(TpBtf, "reset_btf", "tcp_send_reset"),
@@ -80,8 +74,8 @@ pub(super) const OPTIONAL: &[Purpose] = &[
             c(Tracepoint, "reset_tp", "tcp/tcp_send_reset"),
         ],
     },
-    Purpose {
-        name: RESETS_RECEIVED,
+    Hooks {
+        purpose: Purpose::ResetsReceived,
         required: false,
         candidates: &[
             c(TpBtf, "rcv_reset_btf", "tcp_receive_reset"),
@@ -89,8 +83,8 @@ pub(super) const OPTIONAL: &[Purpose] = &[
             c(Tracepoint, "rcv_reset_tp", "tcp/tcp_receive_reset"),
         ],
     },
-    Purpose {
-        name: READS,
+    Hooks {
+        purpose: Purpose::Reads,
         required: false,
         candidates: &[
             c(TpBtf, "recv_btf", "sock_recv_length"),
@@ -107,10 +101,10 @@ pub(super) const OPTIONAL: &[Purpose] = &[
 pub(super) const SKIPPED: &str = "left out with --skip-probes";
 
 /// The plan entry of an optional purpose left out with `--skip-probes`.
-pub(super) fn skipped(purpose: &Purpose) -> PlanEntry {
+pub(super) fn skipped(hooks: &Hooks) -> PlanEntry {
     PlanEntry {
-        purpose: purpose.name,
-        required: purpose.required,
+        purpose: hooks.purpose,
+        required: hooks.required,
         chosen: None,
         refused: vec![("any".to_owned(), SKIPPED.to_owned())],
     }
@@ -159,29 +153,29 @@ pub(super) fn detach(ebpf: &mut Ebpf, program: &str, link: Link) -> Result<(), P
     }
 }
 
-/// Tries the candidates of `purpose` whose type is in `allowed`, in the order of `allowed`,
+/// Tries the candidates of `hooks` whose type is in `allowed`, in the order of `allowed`,
 /// until one loads and attaches; returns its link too.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
-    purpose: &Purpose,
+    hooks: &Hooks,
     btf: &Btf,
     layout: &Layout,
     allowed: &[HookType],
 ) -> (PlanEntry, Option<Link>) {
     let mut entry = PlanEntry {
-        purpose: purpose.name,
-        required: purpose.required,
+        purpose: hooks.purpose,
+        required: hooks.required,
         chosen: None,
         refused: Vec::new(),
     };
     for ty in allowed {
-        let Some(first) = purpose.candidates.iter().find(|c| c.ty == *ty) else {
+        let Some(first) = hooks.candidates.iter().find(|c| c.ty == *ty) else {
             continue;
         };
         // An fexit program reads its target's arguments at fixed indexes: only the one
         // written for the parameters BTF lists can load.
         let fits = |c: &&Candidate| c.ty != Fexit || c.params == layout.offsets.fexit_recv_args;
-        let Some(cand) = purpose.candidates.iter().filter(|c| c.ty == *ty).find(fits) else {
+        let Some(cand) = hooks.candidates.iter().filter(|c| c.ty == *ty).find(fits) else {
             entry.refused.push((
                 format!("{ty} {}", first.target),
                 "its parameters in BTF are not those any program here reads".to_owned(),
@@ -194,7 +188,7 @@ pub(super) fn attach(
                 return (entry, Some(link));
             }
             Err(e) => {
-                tracing::debug!(purpose = purpose.name, r#type = %cand.ty, hook = cand.target, error = %e, "hook refused");
+                tracing::debug!(purpose = %hooks.purpose, r#type = %cand.ty, hook = cand.target, error = %e, "hook refused");
                 entry
                     .refused
                     .push((format!("{} {}", cand.ty, cand.target), e));
@@ -202,7 +196,7 @@ pub(super) fn attach(
         }
     }
     if entry.chosen.is_none() && entry.refused.is_empty() {
-        let offered: Vec<&str> = purpose.candidates.iter().map(|c| c.ty.as_str()).collect();
+        let offered: Vec<&str> = hooks.candidates.iter().map(|c| c.ty.as_str()).collect();
         let allowed: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
         entry.refused.push((
             "any".to_owned(),

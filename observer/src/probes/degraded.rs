@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{HookType, PlanEntry, attach};
+use super::{HookType, PlanEntry, Purpose};
 use crate::layout::Layout;
 
 /// One feature this kernel (or the flags) leaves missing or partial.
@@ -26,12 +26,12 @@ pub(super) fn of(plan: &[PlanEntry], layout: &Layout, promoted: bool) -> Vec<Deg
             effect: effect.to_owned(),
         });
     };
-    let chosen = |purpose: &str| {
+    let chosen = |purpose: Purpose| {
         plan.iter()
             .find(|p| p.purpose == purpose)
             .map(|p| (p.chosen.map(|(ty, ..)| ty), p.is_skipped()))
     };
-    match chosen(attach::READS) {
+    match chosen(Purpose::Reads) {
         Some((Some(HookType::Kprobe), _)) => add(
             "last_read",
             "null: the kprobe on tcp_recvmsg runs before the read and cannot tell what it \
@@ -49,7 +49,7 @@ pub(super) fn of(plan: &[PlanEntry], layout: &Layout, promoted: bool) -> Vec<Deg
         ),
         _ => {}
     }
-    match chosen("reset_reason") {
+    match chosen(Purpose::ResetReason) {
         Some((None, _)) => add("rst_reason", "null: no reset hook attached"),
         Some((Some(ty), _)) if !super::reset_has_reason(ty, layout) => add(
             "rst_reason",
@@ -69,7 +69,7 @@ pub(super) fn of(plan: &[PlanEntry], layout: &Layout, promoted: bool) -> Vec<Deg
         }
         _ => {}
     }
-    match chosen(attach::RESETS_RECEIVED) {
+    match chosen(Purpose::ResetsReceived) {
         Some((None, true)) => add(
             "reset_received",
             "no events, left out with --skip-probes resets_received: the victims of resets \
@@ -104,7 +104,7 @@ mod tests {
 
     use super::*;
 
-    fn entry(purpose: &'static str, ty: Option<HookType>) -> PlanEntry {
+    fn entry(purpose: Purpose, ty: Option<HookType>) -> PlanEntry {
         PlanEntry {
             purpose,
             required: false,
@@ -138,14 +138,14 @@ mod tests {
     #[test]
     fn a_full_plan_on_a_recent_kernel_degrades_nothing() {
         let plan = [
-            entry("reset_reason", Some(HookType::TpBtf)),
-            entry("reads", Some(HookType::TpBtf)),
+            entry(Purpose::ResetReason, Some(HookType::TpBtf)),
+            entry(Purpose::Reads, Some(HookType::TpBtf)),
         ];
         assert_eq!(of(&plan, &layout(true, true), true), []);
         // fexit reads see what the tracepoint sees.
         let plan = [
-            entry("reset_reason", Some(HookType::TpBtf)),
-            entry("reads", Some(HookType::Fexit)),
+            entry(Purpose::ResetReason, Some(HookType::TpBtf)),
+            entry(Purpose::Reads, Some(HookType::Fexit)),
         ];
         assert_eq!(of(&plan, &layout(true, true), true), []);
     }
@@ -154,8 +154,8 @@ mod tests {
     fn debian_12s_plan_names_the_reset_reason() {
         // 6.1: reads through fexit, a reset hook without a reason.
         let plan = [
-            entry("reset_reason", Some(HookType::TpBtf)),
-            entry("reads", Some(HookType::Fexit)),
+            entry(Purpose::ResetReason, Some(HookType::TpBtf)),
+            entry(Purpose::Reads, Some(HookType::Fexit)),
         ];
         let d = of(&plan, &layout(false, false), true);
         assert_eq!(features(&d), ["rst_reason"]);
@@ -168,8 +168,8 @@ mod tests {
     #[test]
     fn kprobe_reads_and_missing_hooks_are_named() {
         let plan = [
-            entry("reset_reason", None),
-            entry("reads", Some(HookType::Kprobe)),
+            entry(Purpose::ResetReason, None),
+            entry(Purpose::Reads, Some(HookType::Kprobe)),
         ];
         let mut l = layout(true, true);
         l.offsets.tcp_bytes_sent = ABSENT;
@@ -184,8 +184,8 @@ mod tests {
             ]
         );
         assert!(d[0].effect.contains("kprobe"), "{d:?}");
-        let mut skipped = entry("reads", None);
-        skipped.refused = vec![("any".to_owned(), attach::SKIPPED.to_owned())];
+        let mut skipped = entry(Purpose::Reads, None);
+        skipped.refused = vec![("any".to_owned(), crate::probes::attach::SKIPPED.to_owned())];
         let d = of(&[skipped], &layout(true, true), true);
         assert!(d[0].effect.contains("--skip-probes"), "{d:?}");
     }

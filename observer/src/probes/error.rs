@@ -19,7 +19,7 @@ pub enum Error {
     #[error("required hook {purpose} could not be attached: {refusals}")]
     Required {
         /// The purpose.
-        purpose: &'static str,
+        purpose: super::Purpose,
         /// Every refusal, joined.
         refusals: String,
     },

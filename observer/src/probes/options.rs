@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::HookType;
+use super::{HookType, Purpose};
 
 /// How the probes are loaded and which are attached.
 #[derive(Debug, Clone)]
@@ -12,8 +12,8 @@ pub struct Options {
     pub btf: PathBuf,
     /// Hook types to try for each probe, in order of preference.
     pub hook_types: Vec<HookType>,
-    /// Optional purposes not to attach (`reads`, `reset_reason`, `resets_received`).
-    pub skip_probes: Vec<String>,
+    /// Optional purposes not to attach.
+    pub skip_probes: Vec<Purpose>,
     /// When the read hook runs.
     pub read_hook: ReadHook,
     /// Slots in the kernel's per-socket table (a power of two).

@@ -67,11 +67,58 @@ impl FromStr for HookType {
     }
 }
 
+/// What a hook is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Purpose {
+    /// State changes: owners, roles, abort detection. Required.
+    State,
+    /// The kernel's RST reason of the resets the node sends.
+    ResetReason,
+    /// Resets the node receives (`reset_received` events).
+    ResetsReceived,
+    /// The owners' reads (last-read times, unread bytes of sockets in CLOSE_WAIT).
+    Reads,
+}
+
+impl Purpose {
+    /// The optional purposes, which `--skip-probes` may leave out.
+    pub const OPTIONAL: [Self; 3] = [Self::ResetReason, Self::ResetsReceived, Self::Reads];
+
+    /// The name used in flags, logs, metrics and the plan.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::ResetReason => "reset_reason",
+            Self::ResetsReceived => "resets_received",
+            Self::Reads => "reads",
+        }
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// `--skip-probes` takes the optional purposes only.
+impl clap::ValueEnum for Purpose {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::OPTIONAL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Self::OPTIONAL
+            .contains(self)
+            .then(|| clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
 /// How one purpose was served.
 #[derive(Debug, Clone)]
 pub struct PlanEntry {
-    /// What the hook is for (`state`, `reset_reason`, `reads`).
-    pub purpose: &'static str,
+    /// What the hook is for.
+    pub purpose: Purpose,
     /// Whether the agent cannot run without it.
     pub required: bool,
     /// The hook that was attached: (type, kernel target, program name).
