@@ -48,14 +48,9 @@ pub fn labelled_peer(role: Role, peer: SocketAddr) -> SocketAddr {
 /// Workload and peer: the labels of every detector series.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct WorkloadPeer {
-    /// Kubernetes namespace, empty when unknown.
-    pub namespace: String,
-    /// Pod name, empty when unknown.
-    pub pod: String,
-    /// Container name, empty when unknown.
-    pub container: String,
-    /// Process name.
-    pub comm: String,
+    /// Namespace, pod, container and process name.
+    #[prometheus(flatten)]
+    pub workload: Workload,
     /// `ip:port`, `ip` for a server's clients, or `other`.
     pub peer: String,
 }
@@ -65,7 +60,7 @@ pub trait HasPeer {
     /// The `peer` label.
     fn peer(&self) -> &str;
     /// The workload labels.
-    fn workload(&self) -> Workload;
+    fn workload(&self) -> &Workload;
 }
 
 impl HasPeer for WorkloadPeer {
@@ -73,13 +68,8 @@ impl HasPeer for WorkloadPeer {
         &self.peer
     }
 
-    fn workload(&self) -> Workload {
-        Workload {
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            container: self.container.clone(),
-            comm: self.comm.clone(),
-        }
+    fn workload(&self) -> &Workload {
+        &self.workload
     }
 }
 
@@ -142,7 +132,7 @@ where
                 if let Some(set) = known.by_peer.get_mut(&peer) {
                     set.remove(&labels);
                 }
-                if let Some(set) = known.by_workload.get_mut(&workload) {
+                if let Some(set) = known.by_workload.get_mut(workload) {
                     set.remove(&labels);
                 }
             }
@@ -167,7 +157,7 @@ where
                 by_peer.insert(labels.clone());
                 known
                     .by_workload
-                    .entry(labels.workload())
+                    .entry(labels.workload().clone())
                     .or_default()
                     .insert(labels.clone());
             }

@@ -237,13 +237,9 @@ impl Monitor {
                 ..FlowLabels::default()
             };
         }
-        let w = self.workload(key.cgroup_id, &key.comm);
         let role = Role::from_wire(key.role);
         FlowLabels {
-            namespace: w.namespace,
-            pod: w.pod,
-            container: w.container,
-            comm: w.comm,
+            workload: self.workload(key.cgroup_id, &key.comm),
             peer: self.labeller.peer(
                 role,
                 SocketAddr::new(addr(u16::from(key.family), key.peer), key.peer_port),

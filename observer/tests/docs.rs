@@ -91,10 +91,12 @@ fn exported() -> BTreeSet<(String, String)> {
     };
     m.close_wait.set(&[view], &m.labeller, 1);
     let flow = observer::pool::FlowLabels {
-        comm: "x".into(),
+        workload: observer::metrics::Workload {
+            comm: "x".into(),
+            ..Default::default()
+        },
         peer: "127.0.0.1:80".into(),
         role: "client".into(),
-        ..Default::default()
     };
     let mut delta = observer::pool::Delta {
         opened: 2,

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::{encoding::EncodeLabelSet, metrics::counter::Counter, registry::Registry};
 
 use super::{WorkloadPeer, labelled_peer};
 use crate::events::{Event, Role};
@@ -46,8 +46,8 @@ impl Default for Limits {
 /// The label value of whatever was folded.
 const OTHER: &str = "other";
 
-/// A workload as its labels name it.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+/// A workload as its labels name it: the workload part of every detector label set.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct Workload {
     /// Kubernetes namespace, empty when unknown.
     pub namespace: String,
@@ -166,12 +166,8 @@ impl Labeller {
 
     /// The labels of `workload` talking to `peer` in `role`.
     pub fn workload_peer(&self, workload: Workload, role: Role, peer: SocketAddr) -> WorkloadPeer {
-        let w = self.workload(workload);
         WorkloadPeer {
-            namespace: w.namespace,
-            pod: w.pod,
-            container: w.container,
-            comm: w.comm,
+            workload: self.workload(workload),
             peer: self.peer(role, peer),
         }
     }

@@ -69,9 +69,11 @@ fn an_idle_peer_gives_its_name_and_its_series_to_a_new_one() {
     let t0 = Instant::now();
     let hit = |port: u16, at: Instant| {
         let labels = WorkloadPeer {
-            comm: "c".into(),
+            workload: Workload {
+                comm: "c".into(),
+                ..Workload::default()
+            },
             peer: peers.peer_at(Role::Client, peer(port), at),
-            ..WorkloadPeer::default()
         };
         series.with(&labels, |c| {
             c.inc();
@@ -113,16 +115,13 @@ fn workloads_beyond_the_limit_fold_and_idle_ones_take_their_series_away() {
             at,
         );
         let labels = WorkloadPeer {
-            namespace: w.namespace,
-            pod: w.pod,
-            container: w.container,
-            comm: w.comm,
+            workload: w,
             peer: labeller.peer_at(Role::Client, peer(1), at),
         };
         series.with(&labels, |c| {
             c.inc();
         });
-        labels.comm
+        labels.workload.comm
     };
     assert_eq!(hit("a", t0), "a");
     assert_eq!(hit("b", t0 + Duration::from_mins(5)), "b");

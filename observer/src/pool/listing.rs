@@ -93,16 +93,10 @@ impl Monitor {
         let mut by: BTreeMap<WorkloadPeer, i64> = BTreeMap::new();
         for ((owner, peer), n) in groups {
             let labels = match owner {
-                Some(o) => {
-                    let w = self.workload(o.cgroup_id, &o.comm);
-                    WorkloadPeer {
-                        namespace: w.namespace,
-                        pod: w.pod,
-                        container: w.container,
-                        comm: w.comm,
-                        peer: self.labeller.peer(Role::from_wire(o.role), peer),
-                    }
-                }
+                Some(o) => WorkloadPeer {
+                    workload: self.workload(o.cgroup_id, &o.comm),
+                    peer: self.labeller.peer(Role::from_wire(o.role), peer),
+                },
                 None => WorkloadPeer {
                     peer: self.labeller.peer(Role::Unknown, peer),
                     ..WorkloadPeer::default()

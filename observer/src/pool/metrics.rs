@@ -15,14 +15,9 @@ use crate::metrics::{HasPeer, Labeller, PeerSeries, SelfMetrics, Workload, Workl
 /// Workload, peer and role: the labels of the connection series.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct FlowLabels {
-    /// Kubernetes namespace, empty when unknown.
-    pub namespace: String,
-    /// Pod name, empty when unknown.
-    pub pod: String,
-    /// Container name, empty when unknown.
-    pub container: String,
-    /// Process name when the connection was established.
-    pub comm: String,
+    /// Namespace, pod, container, and the process name when the connection was established.
+    #[prometheus(flatten)]
+    pub workload: Workload,
     /// `ip:port` for a client's peer, `ip` for a server's clients, or `other`.
     pub peer: String,
     /// `client`, `server` or `unknown`.
@@ -34,13 +29,8 @@ impl HasPeer for FlowLabels {
         &self.peer
     }
 
-    fn workload(&self) -> Workload {
-        Workload {
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            container: self.container.clone(),
-            comm: self.comm.clone(),
-        }
+    fn workload(&self) -> &Workload {
+        &self.workload
     }
 }
 
