@@ -25,8 +25,8 @@ use observer_common::{
 };
 
 use crate::{
-    emit, flows,
-    maps::{CLOSE_WAIT, CW_EPOCH, CW_PENDING, ENTRY_SCRATCH, READS_SINCE, config_flag},
+    emit,
+    maps::{self, CLOSE_WAIT, CW_EPOCH, CW_PENDING, ENTRY_SCRATCH, READS_SINCE, config_flag},
     off,
     sock::{Sock, Tcp, current_owner, current_pid},
     socks::{self, Hook},
@@ -179,7 +179,7 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
 fn pending(slot: u8, n: u64) {
     if let Some(p) = CW_PENDING.get_ptr_mut(u32::from(slot)) {
         // SAFETY: a live per-CPU slot; an atomic add, as another program may interrupt this one.
-        unsafe { flows::add(p, n) };
+        unsafe { maps::add(p, n) };
     }
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use observer_common::event::{Kind, NO_RST_REASON, RawEvent, Role, Stat};
 
-use crate::maps::{EVENT_SCRATCH, EVENTS, EVENTS_FILL, Hook, STATS};
+use crate::maps::{EVENT_SCRATCH, EVENTS, EVENTS_FILL, Hook, STATS, add};
 
 /// `BPF_RB_AVAIL_DATA`: bytes produced and not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -41,7 +41,9 @@ pub(crate) fn event<C: EbpfContext>(ctx: &C, ev: &RawEvent) {
     if EVENTS.output::<RawEvent>(ev, 0).is_ok() {
         let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
         if let Some(peak) = EVENTS_FILL.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot of a live map; no other program runs on this CPU meanwhile.
+            // SAFETY: per-CPU slot of a live map. A program interrupting this one on the CPU
+            // (the reset hook runs in softirq) may race this max: the mark is a high-water
+            // estimate, read and reset every second, and one race only lowers it once.
             unsafe { *peak = (*peak).max(waiting) };
         }
     } else {
@@ -62,10 +64,13 @@ pub(crate) fn count<C: EbpfContext>(ctx: &C, stat: Stat) {
     let Some(slot) = STATS.get_ptr_mut(stat as u32) else {
         return;
     };
-    // SAFETY: per-CPU slot of a live map; no other program runs on this CPU meanwhile.
+    // SAFETY: per-CPU slot of a live map. An atomic add: a program interrupting this one on
+    // the CPU (the reset hook runs in softirq) may count into the same slot. The read after it
+    // only decides whether to log (at powers of two): a count landing in between moves one log
+    // line, never loses a count.
     let n = unsafe {
-        *slot += 1;
-        *slot
+        add(slot, 1);
+        slot.read_volatile()
     };
     if n.is_power_of_two() {
         let what = match stat {

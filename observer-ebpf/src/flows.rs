@@ -14,7 +14,7 @@ use observer_common::{
 
 use crate::{
     emit,
-    maps::{CLOSERS, FLOW_NEW, FLOWS, LISTENERS},
+    maps::{CLOSERS, FLOW_NEW, FLOWS, LISTENERS, add},
     off,
     sock::{Sock, current_owner, current_pid},
 };
@@ -225,19 +225,4 @@ fn entry<C: EbpfContext>(
 fn counts(v: *mut FlowEntry, key: &FlowKey, check: bool) -> Option<*mut FlowStats> {
     // SAFETY: a live `FLOWS` value, whose key was written before it was inserted.
     unsafe { (!check || (*v).key.same(key)).then_some(&raw mut (*v).stats) }
-}
-
-/// Atomic add (`BPF_ATOMIC | BPF_ADD`): other CPUs update the same entry.
-///
-/// # Safety
-/// `at` points to a live, aligned `u64` in a map value.
-#[inline(always)]
-pub(crate) unsafe fn add(at: *mut u64, n: u64) {
-    // SAFETY: as the caller guarantees; the result is unused, so LLVM emits the plain atomic
-    // add every kernel with eBPF atomics accepts.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            at, n,
-        );
-    }
 }

@@ -253,3 +253,19 @@ pub(crate) static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max
 #[map]
 pub(crate) static CLOSERS: HashMap<TupleKey, Closer> =
     HashMap::with_max_entries(CLOSERS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Atomic add (`BPF_ATOMIC | BPF_ADD`) to a map value: other CPUs update the same entry, or
+/// another program interrupting this one on the CPU the same per-CPU slot.
+///
+/// # Safety
+/// `at` points to a live, aligned `u64` in a map value.
+#[inline(always)]
+pub(crate) unsafe fn add(at: *mut u64, n: u64) {
+    // SAFETY: as the caller guarantees; the result is unused, so LLVM emits the plain atomic
+    // add every kernel with eBPF atomics accepts.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            at, n,
+        );
+    }
+}

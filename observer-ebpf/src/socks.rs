@@ -20,8 +20,7 @@ use observer_common::event::SockState;
 
 pub(crate) use crate::maps::Hook;
 use crate::{
-    flows::add,
-    maps::{SLOT_BITS, SOCK_SLOTS, SOCKS, SOCKS_HELD, SockSlot, WORD, load},
+    maps::{SLOT_BITS, SOCK_SLOTS, SOCKS, SOCKS_HELD, SockSlot, WORD, add, load},
     sock::Sock,
 };
 
