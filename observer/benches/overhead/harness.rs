@@ -1,0 +1,329 @@
+//! The harness: the agent under test, the empty programs of the floor, network namespaces,
+//! the node's busy CPU time and the kernel time per program.
+
+use super::*;
+
+/// observer-ebpf's `floor` object: empty programs on the state and read tracepoints.
+pub(crate) static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
+/// The empty programs of [`FLOOR`], attached as BTF tracepoints until dropped: what hooking
+/// the agent's hot tracepoints costs before its programs do any work.
+pub(crate) struct Hooks(
+    #[expect(dead_code, reason = "held: dropping it detaches the programs")] aya::Ebpf,
+);
+
+impl Hooks {
+    pub(crate) fn attach() -> Self {
+        let btf = aya::Btf::from_sys_fs().unwrap();
+        let mut ebpf = aya::Ebpf::load(FLOOR).unwrap();
+        for (program, tracepoint) in [
+            ("floor_state", "inet_sock_set_state"),
+            ("floor_recv", "sock_recv_length"),
+        ] {
+            let p: &mut aya::programs::BtfTracePoint =
+                ebpf.program_mut(program).unwrap().try_into().unwrap();
+            p.load(tracepoint, &btf).unwrap();
+            p.attach().unwrap();
+        }
+        Self(ebpf)
+    }
+}
+
+/// The release agent, with its own data and pin dirs, stdout to /dev/null.
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) _data: tempfile::TempDir,
+    pub(crate) pins: String,
+}
+
+impl Agent {
+    pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// The agent with `extra` flags.
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let pins = format!("/sys/fs/bpf/observer-bench-{}", std::process::id());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_observer"))
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--pin-dir",
+                &pins,
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(extra)
+            .env("OBSERVER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("agent exited").unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break format!("http://{}", rest.split_whitespace().next().unwrap());
+            }
+        };
+        thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url,
+            _data: data,
+            pins,
+        }
+    }
+
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime, fields 14 and 15 of stat(5), in clock ticks.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    pub(crate) fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Bytes the kernel charges for the agent's maps (`memlock` of each map fd).
+    pub(crate) fn map_bytes(&self) -> u64 {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|t| t.contains("map_type:"))
+            .filter_map(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("memlock:")?.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// `rst_on_close` events reported, and events counted lost.
+    pub(crate) fn aborts_reported_and_lost(&self) -> (u64, u64) {
+        (
+            self.metric_sum("observer_rst_on_close_total"),
+            self.metric_sum("observer_events_lost_total"),
+        )
+    }
+
+    pub(crate) fn metric_sum(&self, prefix: &str) -> u64 {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
+        let text = agent
+            .get(&format!("{}/metrics", self.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// After `settle`: RSS and peak RSS (KiB), kernel map memory (bytes), and the agent's CPU
+    /// (% of one core) over the next 5 s.
+    pub(crate) fn settled(&self, settle: Duration) -> (u64, u64, u64, f64) {
+        thread::sleep(settle);
+        let (c0, t0) = (self.cpu_seconds(), Instant::now());
+        thread::sleep(Duration::from_secs(5));
+        let idle_cpu = (self.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        (
+            self.status_kib("VmRSS:"),
+            self.status_kib("VmHWM:"),
+            self.map_bytes(),
+            idle_cpu,
+        )
+    }
+
+    pub(crate) fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// Runs `f` on a thread in a fresh network namespace with `lo` up.
+pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        // SAFETY: affects this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let ok = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535").unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Busy CPU seconds of the whole node since boot: user, nice, system, irq and softirq of the
+/// `cpu` line of `/proc/stat` (idle, iowait and the time the hypervisor stole are left out).
+pub(crate) fn busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat.lines().next().unwrap();
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: sysconf has no preconditions.
+    busy as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// One run of a workload: its operations, rate and the node's busy CPU per operation.
+#[derive(Clone, Copy)]
+pub(crate) struct Sample {
+    pub(crate) ops: f64,
+    pub(crate) rate: f64,
+    pub(crate) cpu_us_per_op: f64,
+}
+
+impl Sample {
+    /// `ops` operations in `secs` seconds, `busy` busy CPU seconds meanwhile.
+    pub(crate) fn of(ops: f64, secs: f64, busy: f64) -> Self {
+        Self {
+            ops,
+            rate: ops / secs,
+            cpu_us_per_op: busy * 1e6 / ops.max(1.0),
+        }
+    }
+}
+
+/// Time the kernel spent in each of observer's programs during one run of a workload.
+pub(crate) struct KernelTime {
+    /// The node's busy CPU per operation in that run.
+    pub(crate) cpu_us_per_op: f64,
+    /// (program, calls per operation, ns per call).
+    pub(crate) programs: Vec<(String, f64, f64)>,
+}
+
+impl KernelTime {
+    /// Three more runs of `work`, each with a fresh agent and `kernel.bpf_stats_enabled`
+    /// (restored after): the one with the median time in the programs per operation (a run
+    /// that meets a slow moment of the machine is left out, as in the pairs' medians).
+    pub(crate) fn measure(work: &dyn Fn() -> Sample) -> Self {
+        let mut runs: Vec<Self> = (0..3).map(|_| Self::measure_once(work)).collect();
+        runs.sort_by(|a, b| a.us_per_op().total_cmp(&b.us_per_op()));
+        runs.swap_remove(1)
+    }
+
+    /// One run of `work` with a fresh agent and `kernel.bpf_stats_enabled`: each program's run
+    /// count and run time, per operation. The counters add two clock reads to every call (an
+    /// empty program reads about 60 ns on the development VM), which the figures include; the
+    /// overhead pairs run without them.
+    pub(crate) fn measure_once(work: &dyn Fn() -> Sample) -> Self {
+        const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let before = std::fs::read_to_string(STATS).unwrap();
+        std::fs::write(STATS, "1").unwrap();
+        // Every program attached, the read hook included: what each costs per call.
+        let agent = Agent::start_with(&["--read-hook", "always"]);
+        let s = work();
+        let mut programs: Vec<(String, f64, f64)> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.run_count() > 0)
+            .filter_map(|p| {
+                let name = p.name_as_str()?.to_owned();
+                ["state_", "recv_", "reset_"]
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+                    .then(|| {
+                        let calls = p.run_count() as f64;
+                        (
+                            name,
+                            calls / s.ops.max(1.0),
+                            p.run_time().as_nanos() as f64 / calls,
+                        )
+                    })
+            })
+            .collect();
+        agent.stop();
+        std::fs::write(STATS, before.trim()).unwrap();
+        programs.sort_by(|a, b| a.0.cmp(&b.0));
+        Self {
+            cpu_us_per_op: s.cpu_us_per_op,
+            programs,
+        }
+    }
+
+    /// Microseconds per operation in all the programs together.
+    pub(crate) fn us_per_op(&self) -> f64 {
+        self.programs.iter().map(|(_, c, ns)| c * ns).sum::<f64>() / 1000.0
+    }
+
+    pub(crate) fn line(&self, name: &str) -> String {
+        let each: Vec<String> = self
+            .programs
+            .iter()
+            // Connection set-up and teardown in the keep-alive workload: too rare to show.
+            .filter(|(_, calls, _)| *calls >= 0.01)
+            .map(|(p, calls, ns)| format!("{p} {calls:.2} x {ns:.0} ns"))
+            .collect();
+        format!(
+            "{name}: {:.2} µs per operation ({:.1}% of the node's {:.1} µs): {}",
+            self.us_per_op(),
+            self.us_per_op() / self.cpu_us_per_op * 100.0,
+            self.cpu_us_per_op,
+            each.join(", ")
+        )
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "us_per_op": self.us_per_op(),
+            "node_cpu_us_per_op": self.cpu_us_per_op,
+            "programs": self.programs.iter().map(|(p, calls, ns)| serde_json::json!({"program": p, "calls_per_op": calls, "ns_per_call": ns})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `THREADS` loops of `op` for `RUN`.
+pub(crate) fn threads(op: impl Fn(&AtomicBool) -> u64 + Send + Sync + 'static) -> Sample {
+    let stop = Arc::new(AtomicBool::new(false));
+    let op = Arc::new(op);
+    let (t, busy) = (Instant::now(), busy_seconds());
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (stop, op) = (stop.clone(), op.clone());
+            thread::spawn(move || op(&stop))
+        })
+        .collect();
+    thread::sleep(RUN);
+    stop.store(true, Ordering::Relaxed);
+    let n: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    Sample::of(n as f64, t.elapsed().as_secs_f64(), busy_seconds() - busy)
+}
