@@ -1,5 +1,6 @@
 //! `observer agent`: the API comes up first (so `/healthz` answers and `/readyz` says 503),
-//! then the probes are loaded and attached and `/readyz` turns 200. The pipeline then runs
+//! then the probes are loaded and attached, the pipeline starts, and `/readyz` turns 200 once
+//! the CLOSE_WAIT tracker's first scan has filled the live view. The pipeline then runs
 //! until SIGINT or SIGTERM: ring-buffer reader -> bounded channel -> CLOSE_WAIT tracker ->
 //! bounded channel -> sink thread (store, metrics, JSON lines). On a signal the probes are
 //! detached first, then what the ring buffer still holds is drained and written.
@@ -166,6 +167,15 @@ fn claim_node(args: &AgentArgs) -> anyhow::Result<(crate::lock::Held, store::Sto
     Ok((held, store::open(&args.data_dir)?))
 }
 
+/// The workload attribution every stage shares, from the cgroup tree and the kubelet's logs.
+fn enricher(args: &AgentArgs) -> Arc<Mutex<Enricher>> {
+    Arc::new(Mutex::new(Enricher::new(enrich::Sources {
+        cgroup_root: args.cgroup_root.clone().or_else(enrich::cgroup2_mount),
+        pod_logs: args.pod_logs.clone(),
+        container_logs: args.container_logs.clone(),
+    })))
+}
+
 /// Runs the agent until a signal.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
@@ -200,11 +210,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let counters = Arc::new(reader::Counters::default());
     let decoder = Decoder::new(&layout);
-    let enricher = Arc::new(Mutex::new(Enricher::new(enrich::Sources {
-        cgroup_root: args.cgroup_root.clone().or_else(enrich::cgroup2_mount),
-        pod_logs: args.pod_logs.clone(),
-        container_logs: args.container_logs.clone(),
-    })));
+    let enricher = enricher(&args);
     let tracker = Tracker::new(
         probes.take_close_wait()?,
         args.close_wait_threshold,
@@ -234,7 +240,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         max_events: args.max_events,
         enricher,
     };
-    let pipeline = Pipeline::start(
+    let mut pipeline = Pipeline::start(
         (probes.take_events()?, probes.take_pending()?),
         decoder,
         tracker,
@@ -246,6 +252,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     set_status(&state, &probes, &missing, &args);
     show_reads(&probes, &state, &self_metrics);
+    pipeline.first_scan().await;
     announce_ready(&state, &servers);
 
     let mut tick = tokio::time::interval(STATS_EVERY);

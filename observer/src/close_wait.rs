@@ -28,7 +28,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
 use observer_common::event::CloseWaitEntry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 mod book;
@@ -218,22 +218,31 @@ impl Tracker {
 /// Runs the tracker ([`run`]) on a thread of its own: its scans block (map reads, setns
 /// sweeps, `/proc` walks), and must not hold up the runtime that reads the ring buffer and
 /// answers `/healthz`.
+/// `scanned` is told once start-up discovery and the first scan are done: the live view and
+/// the gauges are complete from then on.
 pub fn spawn(
     tracker: Tracker,
     rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Event>,
+    scanned: oneshot::Sender<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
     std::thread::Builder::new()
         .name("observer-close-wait".to_owned())
-        .spawn(move || rt.block_on(run(tracker, rx, tx)))
+        .spawn(move || rt.block_on(run(tracker, rx, tx, scanned)))
 }
 
 /// The tracker's loop: passes events from `rx` to `tx`, completing CLOSE_WAIT ones, and adds
-/// leak events every [`SCAN_EVERY`] (see [`SCAN_SHARE`]). Ends when `rx` closes.
-pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::Sender<Event>) {
+/// leak events every [`SCAN_EVERY`] (see [`SCAN_SHARE`]); tells `scanned` after the first
+/// scan. Ends when `rx` closes.
+pub async fn run(
+    mut tracker: Tracker,
+    mut rx: mpsc::Receiver<Event>,
+    tx: mpsc::Sender<Event>,
+    scanned: oneshot::Sender<()>,
+) {
     let report = tracker.startup();
     info!(
         namespaces = report.namespaces,
@@ -242,7 +251,15 @@ pub async fn run(mut tracker: Tracker, mut rx: mpsc::Receiver<Event>, tx: mpsc::
         stale = report.stale,
         "close_wait sockets listed"
     );
-    let mut next = tokio::time::Instant::now();
+    let first = tracker.scan();
+    let _ = scanned.send(());
+    for ev in first {
+        if tx.send(ev).await.is_err() {
+            warn!("event writer stopped");
+            return;
+        }
+    }
+    let mut next = tokio::time::Instant::now() + SCAN_EVERY;
     loop {
         let batch = tokio::select! {
             ev = rx.recv() => {

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use super::CHANNEL;
@@ -22,6 +22,8 @@ pub(super) struct Pipeline {
     reader: tokio::task::JoinHandle<std::io::Result<()>>,
     link: tokio::task::JoinHandle<()>,
     tracker: std::thread::JoinHandle<()>,
+    /// Told once the tracker's first scan is done.
+    scanned: Option<oneshot::Receiver<()>>,
     pool: std::thread::JoinHandle<()>,
     pool_stop: std::sync::mpsc::Sender<()>,
     sink: std::thread::JoinHandle<()>,
@@ -40,6 +42,7 @@ impl Pipeline {
         counters: Arc<reader::Counters>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
+        let (scanned_tx, scanned) = oneshot::channel();
         let (raw_tx, raw_rx) = mpsc::channel(CHANNEL);
         let (linked_tx, linked_rx) = mpsc::channel(CHANNEL);
         let (tx, rx) = mpsc::channel(CHANNEL);
@@ -54,12 +57,22 @@ impl Pipeline {
         Ok(Self {
             reader: tokio::spawn(reader::run(ring, pending, decoder, raw_tx, counters, stop)),
             link: tokio::spawn(link::run(raw_rx, linked_tx, link_metrics)),
-            tracker: close_wait::spawn(tracker, linked_rx, tx)
+            tracker: close_wait::spawn(tracker, linked_rx, tx, scanned_tx)
                 .context("starting the CLOSE_WAIT tracker thread")?,
+            scanned: Some(scanned),
             pool,
             pool_stop,
             sink,
         })
+    }
+
+    /// Waits until the sockets already in CLOSE_WAIT are listed and the live view is filled
+    /// (the tracker's first scan); at once if the tracker ended early (the pipeline's end
+    /// reports why).
+    pub(super) async fn first_scan(&mut self) {
+        if let Some(rx) = self.scanned.take() {
+            let _ = rx.await;
+        }
     }
 
     /// Waits for each stage to drain, in order (the reader closes the first channel).
