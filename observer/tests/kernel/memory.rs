@@ -98,7 +98,7 @@ impl Drop for MemCgroup {
 
 fn rst_on_close(agent: &Agent, ns: u64, n: usize) -> usize {
     agent
-        .events(ns, n, Duration::from_secs(30), Duration::ZERO)
+        .events(ns, n, patience(Duration::from_secs(30)), Duration::ZERO)
         .iter()
         .filter(|e| e["kind"] == "rst_on_close")
         .count()
