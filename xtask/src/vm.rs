@@ -15,6 +15,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -77,7 +78,7 @@ pub(crate) fn test(kernel: &str) -> Result<()> {
         image.display()
     );
     let console = fs::File::create(out.join("console.log"))?;
-    let booted = Command::new(&vng)
+    let mut guest = Command::new(&vng)
         .arg("--run")
         .arg(&image)
         .args(["--disable-kvm", "--force-9p", "--verbose"])
@@ -91,9 +92,47 @@ pub(crate) fn test(kernel: &str) -> Result<()> {
         .env("PATH", path_with(vng.parent()))
         .stdout(console.try_clone()?)
         .stderr(console)
-        .status()
+        .process_group(0)
+        .spawn()
         .with_context(|| format!("starting {}", vng.display()))?;
-    report(&out, booted.success())
+    let booted = wait_guest(&mut guest, &out.join("console.log"))?;
+    report(&out, booted)
+}
+
+/// How long the guest may run; its whole suite takes about 10 minutes under TCG.
+const GUEST_LIMIT: std::time::Duration = std::time::Duration::from_mins(25);
+/// Soft lockups reported on the console after which the guest is given up: its CPUs are
+/// stuck in the kernel and the suite will not finish.
+const LOCKUPS: usize = 20;
+
+/// Waits for the guest to exit; kills it (QEMU included: its process group) after
+/// [`GUEST_LIMIT`] or once its kernel reports [`LOCKUPS`] soft lockups, naming why.
+fn wait_guest(guest: &mut std::process::Child, console: &Path) -> Result<bool> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(st) = guest.try_wait()? {
+            return Ok(st.success());
+        }
+        let log = fs::read_to_string(console).unwrap_or_default();
+        let lockups = log.matches("BUG: soft lockup").count();
+        if started.elapsed() > GUEST_LIMIT || lockups >= LOCKUPS {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", guest.id())])
+                .status();
+            let _ = guest.wait();
+            let last = log
+                .lines()
+                .rfind(|l| l.contains("soft lockup") || l.contains("RIP: 0010"))
+                .unwrap_or("none");
+            bail!(
+                "the guest was stopped after {:?}: {lockups} soft lockups on its console (last: \
+                 {last}); console: {}",
+                started.elapsed(),
+                console.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
 }
 
 /// Prints what the guest wrote and fails unless `check` and the tests passed.
