@@ -18,8 +18,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     event::{
-        CW_REPORTED, CloseWaitEntry, Config, Kind, Role, SOCK_CW_TRACKED, SOCK_IN_CLOSE_WAIT,
-        SockState, Stat,
+        CW_REPORTED, CloseWaitEntry, Config, Kind, Role, SOCK_CW_TRACKED, SOCK_IN_CLOSE_WAIT, Stat,
     },
     tcp,
 };
@@ -43,15 +42,14 @@ const UNPROMOTED_AFTER_NS: u64 = 60_000_000_000;
 pub(crate) fn enter<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: Option<*mut SockState>,
+    st: Option<socks::State>,
 ) -> Result<(), i32> {
     let tcp = sk.tcp()?;
     // Processing the peer's FIN.
     let now = tcp.refreshed_now_ns();
     let promoted = config_flag(Config::PROMOTE_CLOSE_WAIT);
-    if let Some(st) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let st = unsafe { &mut *st };
+    if let Some(mut st) = st {
+        let st = st.get_mut();
         st.flags |= SOCK_IN_CLOSE_WAIT;
         st.close_wait_ns = now;
         if promoted {
@@ -77,7 +75,7 @@ fn entry<const B: bool>(
     hook: Hook,
     sk: Sock<B>,
     tcp: Tcp<B>,
-    st: Option<*mut SockState>,
+    st: Option<socks::State>,
     entered_ns: u64,
 ) -> Result<&'static CloseWaitEntry, i32> {
     let ends = sk.endpoints(tcp)?;
@@ -104,8 +102,7 @@ fn entry<const B: bool>(
     e.role = Role::Unknown as u8;
     e.flags = 0;
     if let Some(st) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let st = unsafe { &*st };
+        let st = st.get();
         e.established_ns = st.established_ns;
         // A read from before the hook was last attached may not be the last one.
         if st.last_read_ns >= READS_SINCE.get(0).copied().unwrap_or(0) {
@@ -146,18 +143,16 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
     if sk.state() != Ok(tcp::CLOSE_WAIT) {
         return 0;
     }
-    let Some(st) = socks::get(Hook::Promote, sk) else {
+    let Some(mut st) = socks::get(Hook::Promote, sk) else {
         // Entered CLOSE_WAIT before the programs ran (the agent lists those at start-up) or
         // was inserted at entry.
         return 0;
     };
-    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-    let flags = unsafe { (*st).flags };
+    let flags = st.get().flags;
     if flags & SOCK_IN_CLOSE_WAIT == 0 || flags & SOCK_CW_TRACKED != 0 {
         return 0;
     }
-    // SAFETY: as above.
-    let entered = unsafe { (*st).close_wait_ns };
+    let entered = st.get().close_wait_ns;
     let Ok(e) = entry(Hook::Promote, sk, tcp, Some(st), entered) else {
         emit::count(&ctx, Stat::ReadFailed);
         return 0;
@@ -166,11 +161,9 @@ pub(crate) extern "C" fn promote(ctx: *mut c_void) -> i32 {
         emit::count(&ctx, Stat::CloseWaitFull);
     }
     // Tracked even when the insert failed: counted once, and leaving looks the entry up.
-    // SAFETY: as above.
-    unsafe {
-        (*st).flags |= SOCK_CW_TRACKED;
-        pending((*st).cw_slot, u64::MAX);
-    }
+    let st = st.get_mut();
+    st.flags |= SOCK_CW_TRACKED;
+    pending(st.cw_slot, u64::MAX);
     0
 }
 
@@ -189,13 +182,12 @@ fn pending(slot: u8, n: u64) {
 pub(crate) fn leave<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: Option<*mut SockState>,
+    st: Option<socks::State>,
     new: i32,
 ) -> Result<(), i32> {
     let key = sk.key();
-    if let Some(st) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let st = unsafe { &mut *st };
+    if let Some(mut st) = st {
+        let st = st.get_mut();
         let flags = st.flags;
         st.flags &= !(SOCK_IN_CLOSE_WAIT | SOCK_CW_TRACKED);
         if flags & SOCK_IN_CLOSE_WAIT != 0 && flags & SOCK_CW_TRACKED == 0 {

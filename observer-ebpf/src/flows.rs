@@ -17,6 +17,7 @@ use crate::{
     maps::{CLOSERS, FLOW_NEW, FLOWS, LISTENERS, add},
     off,
     sock::{Sock, current_owner, current_pid},
+    socks::State,
 };
 
 /// `BPF_NOEXIST`: insert only if absent (another CPU may have inserted meanwhile).
@@ -104,12 +105,11 @@ pub(crate) fn open<C: EbpfContext, const B: bool>(
 /// `ESTABLISHED -> *`: counts a connection counted at open as no longer established (the
 /// established gauge is `opened - left`, as `ss state established` counts).
 #[inline(always)]
-pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<*mut SockState>) {
+pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<State>) {
     let Some(st) = st else {
         return;
     };
-    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-    let st = unsafe { &*st };
+    let st = st.get();
     if st.flags & SOCK_COUNTED == 0 {
         return;
     }
@@ -126,14 +126,13 @@ pub(crate) fn leave_established<C: EbpfContext>(ctx: &C, st: Option<*mut SockSta
 pub(crate) fn close<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: Option<*mut SockState>,
+    st: Option<State>,
     old: i32,
 ) -> Result<(), i32> {
     let Some(st) = st else {
         return Ok(());
     };
-    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-    let st = unsafe { &*st };
+    let st = st.get();
     let tcp = sk.tcp()?;
     if st.flags & SOCK_COUNTED != 0 {
         // From LAST_ACK and CLOSING, and from FIN_WAIT2 once the peer's FIN came (SOCK_DONE),

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use observer_common::{
-    event::{Kind, RawEvent, SOCK_COUNTED, SockState, Stat},
+    event::{Kind, RawEvent, SOCK_COUNTED, Stat},
     flow::FlowKey,
     tcp,
 };
@@ -95,8 +95,7 @@ fn try_run<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Result<(), i3
     ev.old_state = state as u8;
     let st = socks::get(Hook::Reset, sk);
     if let Some(st) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let st = unsafe { &*st };
+        let st = st.get();
         (ev.pid, ev.comm, ev.cgroup_id) = (st.pid, st.comm, st.cgroup_id);
         ev.established_ns = st.established_ns;
         ev.last_read_ns = st.last_read_ns;
@@ -126,12 +125,11 @@ fn try_run<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) -> Result<(), i3
 /// which for a pre-forking server is the parent, not the worker). Userspace replaces it with
 /// the process holding the socket's file when it still finds one.
 #[inline(always)]
-fn listener_owner(ev: &mut RawEvent, st: Option<*mut SockState>) {
+fn listener_owner(ev: &mut RawEvent, st: Option<socks::State>) {
     let Some(st) = st else {
         return;
     };
-    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-    let st = unsafe { &*st };
+    let st = st.get();
     if st.flags & SOCK_COUNTED == 0 || st.flow_id == FlowKey::OTHER_ID {
         return;
     }

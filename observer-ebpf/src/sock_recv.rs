@@ -142,20 +142,19 @@ fn track<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>, ret: i32, flags: i
         }
     }
     match socks::get(socks::Hook::Read, sk) {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        Some(st) => unsafe {
+        Some(mut st) => {
+            let st = st.get_mut();
             if consumed_at != 0 {
-                (*st).last_read_ns = consumed_at;
+                st.last_read_ns = consumed_at;
             }
-            if (*st).pid != pid {
-                set_owner::<B>(&mut *st, pid);
+            if st.pid != pid {
+                set_owner::<B>(st, pid);
             }
-            if (*st).flags & SOCK_CW_TRACKED != 0
-                && close_wait::on_read(sk, pid, consumed_at).is_err()
+            if st.flags & SOCK_CW_TRACKED != 0 && close_wait::on_read(sk, pid, consumed_at).is_err()
             {
                 emit::count(ctx, Stat::ReadFailed);
             }
-        },
+        }
         None => track_reader(ctx, sk, pid, consumed_at),
     }
     if let Some(last) = last {

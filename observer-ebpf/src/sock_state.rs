@@ -136,12 +136,10 @@ fn try_run<C: EbpfContext, const B: bool>(
         // reads its owner again.
         tcp::FIN_WAIT1 => {
             let pid = current_pid();
-            if let Some(st) = st {
-                // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-                unsafe {
-                    if (*st).pid != pid {
-                        set_owner::<B>(&mut *st, pid);
-                    }
+            if let Some(mut st) = st {
+                let st = st.get_mut();
+                if st.pid != pid {
+                    set_owner::<B>(st, pid);
                 }
             }
         }
@@ -178,12 +176,11 @@ fn connecting<C: EbpfContext, const B: bool>(ctx: &C, sk: Sock<B>) {
 fn accepted<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: Option<*mut SockState>,
+    st: Option<socks::State>,
 ) -> Result<(), i32> {
     let mut new = fresh(Role::Server);
     if let Some(found) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let found = unsafe { &*found };
+        let found = found.get();
         if found.established_ns == 0 {
             (new.pid, new.comm, new.cgroup_id) = (found.pid, found.comm, found.cgroup_id);
             new.last_read_ns = found.last_read_ns;
@@ -203,11 +200,10 @@ fn accepted<C: EbpfContext, const B: bool>(
 fn connected<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: *mut SockState,
+    mut st: socks::State,
     old: i32,
 ) -> Result<(), i32> {
-    // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-    let st = unsafe { &mut *st };
+    let st = st.get_mut();
     // Softirq, processing the segment that completed the handshake.
     st.established_ns = sk.refreshed_now_ns();
     if old == tcp::SYN_SENT && st.flags & SOCK_COUNTED == 0 {
@@ -224,7 +220,7 @@ fn connected<C: EbpfContext, const B: bool>(
 fn on_abort<C: EbpfContext, const B: bool>(
     ctx: &C,
     sk: Sock<B>,
-    st: Option<*mut SockState>,
+    st: Option<socks::State>,
     old: i32,
 ) -> Result<(), i32> {
     if !tcp::abortable(old, false) {
@@ -266,8 +262,7 @@ fn on_abort<C: EbpfContext, const B: bool>(
     // This runs in the closing task: it is the owner, whatever was recorded before.
     (ev.pid, ev.comm, ev.cgroup_id) = current_owner::<B>(current_pid());
     if let Some(st) = st {
-        // SAFETY: a slot or overflow entry (`socks`), valid for this program run.
-        let st = unsafe { &*st };
+        let st = st.get();
         ev.established_ns = st.established_ns;
         ev.last_read_ns = st.last_read_ns;
         ev.role = st.role;

@@ -15,6 +15,9 @@
 //! program runs in softirq and may interrupt the read program or the iterator between the
 //! word's write and its read, but never itself (the kernel skips a program already running on
 //! the CPU), so no program's word is written under it.
+//!
+//! A state found is a [`State`]: the one way the other modules reach it, its methods holding
+//! the `unsafe` of the map value's pointer.
 
 use observer_common::event::SockState;
 
@@ -24,19 +27,43 @@ use crate::{
     sock::Sock,
 };
 
+/// A socket's `SockState` in its slot or its overflow entry, found by [`get`]: a map value,
+/// valid for the program run that found it. `Copy`, as the pointer it wraps: a program run is
+/// one thread of control and each borrow below ends before the next begins; what another CPU
+/// writes meanwhile is what any map value may see.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct State(*mut SockState);
+
+impl State {
+    /// The state, to read.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &SockState {
+        // SAFETY: a slot or overflow entry, valid for this program run (see the type's doc).
+        unsafe { &*self.0 }
+    }
+
+    /// The state, to change.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self) -> &mut SockState {
+        // SAFETY: as in `get`.
+        unsafe { &mut *self.0 }
+    }
+}
+
 /// `SockState` of `sk`: its slot's, else its overflow entry's, if it has either.
 #[inline(always)]
-pub(crate) fn get<const B: bool>(hook: Hook, sk: Sock<B>) -> Option<*mut SockState> {
+pub(crate) fn get<const B: bool>(hook: Hook, sk: Sock<B>) -> Option<State> {
     let key = sk.key();
     let (a, b) = slots(hook, sk);
     if let Some(s) = held(a, key).or_else(|| held(b, key)) {
         // SAFETY: an array element, valid for this program run.
-        return Some(unsafe { &raw mut (*s).state });
+        return Some(State(unsafe { &raw mut (*s).state }));
     }
     if overflow_empty() {
         return None;
     }
-    SOCKS.get_ptr_mut(key)
+    SOCKS.get_ptr_mut(key).map(State)
 }
 
 /// Stores `st` as `sk`'s state, replacing any it had. `Err` if neither a slot nor the overflow
