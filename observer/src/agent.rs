@@ -90,10 +90,7 @@ fn missing_grants(privileges: Privileges) -> Vec<probes::Degraded> {
                 "capability {} missing",
                 m.capability
             );
-            probes::Degraded {
-                feature: m.capability,
-                effect: m.cost.to_owned(),
-            }
+            probes::Degraded::from(m)
         })
         .collect()
 }

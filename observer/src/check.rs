@@ -63,14 +63,14 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<(String, ExitCode)> {
         );
     }
     let _ = writeln!(out, "\ndegraded:");
-    let missing = privileges.missing();
-    if probes.degraded().is_empty() && missing.is_empty() {
+    let degraded: Vec<probes::Degraded> = (privileges.missing().into_iter())
+        .map(probes::Degraded::from)
+        .chain(probes.degraded().iter().cloned())
+        .collect();
+    if degraded.is_empty() {
         let _ = writeln!(out, "  none");
     }
-    for m in &missing {
-        let _ = writeln!(out, "  {:<21} {}", m.capability, m.cost);
-    }
-    for d in probes.degraded() {
+    for d in &degraded {
         let _ = writeln!(out, "  {:<21} {}", d.feature, d.effect);
     }
     let _ = writeln!(out, "\nbtf offsets:");

@@ -6,16 +6,6 @@ mod caps;
 
 pub use caps::{Missing, NotPrivileged, Privileges};
 
-/// Keeps the agent's heap in one glibc malloc arena. By default each thread that allocates
-/// gets an arena of its own, and freed memory stays in the arena it came from: a burst (tens of
-/// thousands of CLOSE_WAIT sockets listed and reported at once, on the CLOSE_WAIT and pool
-/// threads) then leaves its peak resident in several arenas. The agent's threads allocate
-/// little at the same time, so one arena costs no contention (the peak it saves is in
-/// `docs/performance.md`). Call before any thread is started.
-pub fn single_malloc_arena() {
-    crate::sys::single_malloc_arena();
-}
-
 /// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use observer::{
     agent, check, cli,
     config::{Cli, Command},
-    host, telemetry,
+    sys, telemetry,
 };
 
 /// `EX_USAGE`: an invalid flag or configuration value.
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Agent(args) => {
-            host::single_malloc_arena();
+            sys::single_malloc_arena();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

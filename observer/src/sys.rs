@@ -108,8 +108,12 @@ pub fn fs_magic(path: &CStr) -> io::Result<u64> {
     u64::try_from(st.f_type).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
-/// Keeps the heap in one glibc malloc arena (no-op with other C libraries). Call before any
-/// thread is started.
+/// Keeps the agent's heap in one glibc malloc arena (no-op with other C libraries). By default
+/// each thread that allocates gets an arena of its own, and freed memory stays in the arena it
+/// came from: a burst (tens of thousands of CLOSE_WAIT sockets listed and reported at once, on
+/// the CLOSE_WAIT and pool threads) then leaves its peak resident in several arenas. The
+/// agent's threads allocate little at the same time, so one arena costs no contention (the
+/// peak it saves is in `docs/performance.md`). Call before any thread is started.
 pub fn single_malloc_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt has no preconditions; M_ARENA_MAX only bounds future arenas.

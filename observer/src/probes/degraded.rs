@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{HookType, PlanEntry, Purpose};
-use crate::layout::Layout;
+use crate::{host::Missing, layout::Layout};
 
 /// One feature this kernel (or the flags) leaves missing or partial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,6 +14,16 @@ pub struct Degraded {
     pub feature: &'static str,
     /// What an operator sees instead, and why.
     pub effect: String,
+}
+
+/// A grant the agent runs without, as the degradation it causes.
+impl From<Missing> for Degraded {
+    fn from(m: Missing) -> Self {
+        Self {
+            feature: m.capability,
+            effect: m.cost.to_owned(),
+        }
+    }
 }
 
 /// The degradations of `plan` on `layout`; `promoted` says whether the CLOSE_WAIT promotion
