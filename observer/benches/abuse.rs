@@ -20,7 +20,8 @@ use std::{
 
 use observer::{
     api,
-    events::{Event, Kind, Role},
+    enrich::Attribution,
+    events::{Endpoints, Event, Kind, Owner, Role},
     store,
 };
 
@@ -35,13 +36,22 @@ const ABUSE: Duration = Duration::from_secs(30);
 fn event(i: u64) -> Event {
     Event {
         wall_ns: 1_700_000_000_000_000_000 + i,
-        pid: 1000 + (i % 200) as u32,
-        comm: format!("svc-{}", i % 40),
-        pod: Some(format!("pod-{}", i % 120)),
-        namespace: Some(format!("ns-{}", i % 8)),
-        local_addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
-        peer_addr: IpAddr::V4(Ipv4Addr::new(10, 2, 0, (i % 50) as u8)),
-        peer_port: 8080,
+        owner: Owner {
+            pid: 1000 + (i % 200) as u32,
+            comm: format!("svc-{}", i % 40),
+            cgroup_id: 0,
+            workload: Attribution {
+                pod: Some(format!("pod-{}", i % 120)),
+                namespace: Some(format!("ns-{}", i % 8)),
+                ..Attribution::default()
+            },
+        },
+        ends: Endpoints {
+            local_addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+            peer_addr: IpAddr::V4(Ipv4Addr::new(10, 2, 0, (i % 50) as u8)),
+            peer_port: 8080,
+            ..Endpoints::unspecified()
+        },
         role: Role::Client,
         unread_bytes: (i % 70_000) as u32,
         hint: "closed with unread bytes: the response was not fully read".to_owned(),

@@ -16,7 +16,8 @@ use std::{
 
 use observer::{
     api,
-    events::{Event, Kind, Role},
+    enrich::Attribution,
+    events::{Endpoints, Event, Kind, Owner, Role},
     store::{self, Filter},
 };
 
@@ -32,16 +33,23 @@ fn event(i: u64, now: u64) -> Event {
     let host = (i % 50) as u8;
     Event {
         wall_ns: now - DAY_NS + i * (DAY_NS / EVENTS),
-        pid: 1000 + (i % 200) as u32,
-        comm: format!("svc-{}", i % 40),
-        cgroup_id: i % 300,
-        pod: Some(format!("pod-{}", i % 120)),
-        namespace: Some(format!("ns-{}", i % 8)),
-        netns: 1,
-        local_addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
-        local_port: 40_000 + (i % 20_000) as u16,
-        peer_addr: IpAddr::V4(Ipv4Addr::new(10, 2, 0, host)),
-        peer_port: 8080,
+        owner: Owner {
+            pid: 1000 + (i % 200) as u32,
+            comm: format!("svc-{}", i % 40),
+            cgroup_id: i % 300,
+            workload: Attribution {
+                pod: Some(format!("pod-{}", i % 120)),
+                namespace: Some(format!("ns-{}", i % 8)),
+                ..Attribution::default()
+            },
+        },
+        ends: Endpoints {
+            netns: 1,
+            local_addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+            local_port: 40_000 + (i % 20_000) as u16,
+            peer_addr: IpAddr::V4(Ipv4Addr::new(10, 2, 0, host)),
+            peer_port: 8080,
+        },
         role: Role::Client,
         unread_bytes: (i % 70_000) as u32,
         conn_age_ms: Some(i % 5000),

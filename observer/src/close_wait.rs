@@ -195,9 +195,7 @@ impl Tracker {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for v in &mut views {
-                let a = enricher.lookup(v.cgroup_id);
-                (v.container_id, v.container, v.pod, v.namespace) =
-                    (a.container_id, a.container, a.pod, a.namespace);
+                v.owner.workload = enricher.lookup(v.owner.cgroup_id);
             }
         }
         self.metrics.set(&views, &self.labeller, entries.len());

@@ -26,7 +26,7 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
 const MAX_CACHED: usize = 16_384;
 
 /// Who a cgroup belongs to. All `None` for the host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Attribution {
     /// Container id.
     pub container_id: Option<String>,

@@ -1,20 +1,26 @@
-//! The domain [`Event`]: what the API, the JSON-lines log and (later) the store share, as
-//! CONTRACT.md names its fields. Decoded from the programs' [`RawEvent`] by [`decode`], read
-//! from the ring buffer by [`reader`].
+//! The domain [`Event`]: what the API, the JSON-lines log and the store share, as CONTRACT.md
+//! names its fields; its [`Owner`] and [`Endpoints`] are shared with the CLOSE_WAIT view and
+//! serialize as flat fields in both. Decoded from the programs' [`RawEvent`] by [`decode`],
+//! read from the ring buffer by [`reader`]; the hints in [`hint`].
 //!
 //! [`RawEvent`]: observer_common::event::RawEvent
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::Serialize;
+
+use crate::enrich::Attribution;
 
 #[allow(
     unsafe_code,
     reason = "the ring-buffer decode boundary: records read as RawEvent"
 )]
 pub mod decode;
+mod hint;
 pub mod link;
 pub mod reader;
+
+pub use hint::{close_wait_hint, close_wait_resolved_hint, hint, human};
 
 /// What an event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -114,6 +120,67 @@ impl Role {
     }
 }
 
+/// Who owns a socket: the process, and its workload inside containers. Shared by events and
+/// the CLOSE_WAIT view, flattened into both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Owner {
+    /// Thread-group id; 0 while unknown.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Container and pod (from the kubelet's log layout); null outside them.
+    #[serde(flatten)]
+    pub workload: Attribution,
+}
+
+impl Owner {
+    /// The process `o`, found holding the socket's file; its workload not attributed yet.
+    pub fn held_by(o: &crate::owners::Owner) -> Self {
+        Self {
+            pid: o.pid,
+            comm: o.comm.clone(),
+            cgroup_id: o.cgroup_id,
+            workload: Attribution::default(),
+        }
+    }
+}
+
+/// A connection's two ends, in its network namespace. Shared by events and the CLOSE_WAIT
+/// view, flattened into both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Endpoints {
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Local address.
+    pub local_addr: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Peer address.
+    pub peer_addr: IpAddr,
+    /// Peer port.
+    pub peer_port: u16,
+}
+
+impl Endpoints {
+    /// The peer's address and port.
+    pub const fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_addr, self.peer_port)
+    }
+
+    /// Namespace 0, unspecified addresses, port 0: nothing known yet.
+    pub const fn unspecified() -> Self {
+        Self {
+            netns: 0,
+            local_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            local_port: 0,
+            peer_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer_port: 0,
+        }
+    }
+}
+
 /// One event, as every output shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
@@ -126,30 +193,12 @@ pub struct Event {
     pub wall_ns: u64,
     /// What happened.
     pub kind: Kind,
-    /// Owner's thread-group id (never the softirq context).
-    pub pid: u32,
-    /// Owner's command name.
-    pub comm: String,
-    /// Owner's cgroup v2 id.
-    pub cgroup_id: u64,
-    /// Container id; null outside containers.
-    pub container_id: Option<String>,
-    /// Container name (from the kubelet's log layout); null outside pods.
-    pub container: Option<String>,
-    /// Pod name; null outside pods.
-    pub pod: Option<String>,
-    /// Pod namespace; null outside pods.
-    pub namespace: Option<String>,
-    /// Network namespace inode number.
-    pub netns: u32,
-    /// Local address.
-    pub local_addr: IpAddr,
-    /// Local port.
-    pub local_port: u16,
-    /// Peer address.
-    pub peer_addr: IpAddr,
-    /// Peer port.
-    pub peer_port: u16,
+    /// The socket's owner (never the softirq context).
+    #[serde(flatten)]
+    pub owner: Owner,
+    /// The connection's ends.
+    #[serde(flatten)]
+    pub ends: Endpoints,
     /// Who connected.
     pub role: Role,
     /// Bytes the owner never read (FIN not counted).
@@ -200,12 +249,6 @@ pub struct Event {
 }
 
 impl Event {
-    /// Fills the workload fields from the owner's attribution.
-    pub fn attribute(&mut self, a: crate::enrich::Attribution) {
-        (self.container_id, self.container, self.pod, self.namespace) =
-            (a.container_id, a.container, a.pod, a.namespace);
-    }
-
     /// An event of `kind` with nothing else known: zero ids and counts, unspecified addresses,
     /// unknown role, empty strings, null options. Builders fill in what they know with
     /// `Event { .., ..Event::blank(kind) }`.
@@ -215,18 +258,8 @@ impl Event {
             ts: String::new(),
             wall_ns: 0,
             kind,
-            pid: 0,
-            comm: String::new(),
-            cgroup_id: 0,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
-            netns: 0,
-            local_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            local_port: 0,
-            peer_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            peer_port: 0,
+            owner: Owner::default(),
+            ends: Endpoints::unspecified(),
             role: Role::Unknown,
             unread_bytes: 0,
             conn_age_ms: None,
@@ -280,95 +313,4 @@ pub struct Figures {
     pub ratio: Option<f64>,
     /// The threshold crossed (per second, connections or ratio, as the flag sets it).
     pub threshold: f64,
-}
-
-/// The hint for an event: what it means for the owner, in one sentence.
-pub fn hint(kind: Kind, role: Role, unread: u32) -> String {
-    match kind {
-        Kind::RstOnClose => {
-            let what = match role {
-                Role::Client => "the response",
-                Role::Server => "the request",
-                Role::Unknown => "the response or message",
-            };
-            format!(
-                "closed with {unread} unread bytes: {what} was not fully read, so the kernel sent RST instead of FIN and the connection could not be reused"
-            )
-        }
-        Kind::LingerAbort => {
-            "closed with SO_LINGER timeout 0: a deliberate abort (RST), not unread data".to_owned()
-        }
-        _ => String::new(),
-    }
-}
-
-/// The hint for a CLOSE_WAIT leak: how long, whether the owner reads, what it holds.
-pub fn close_wait_hint(close_wait_ms: u64, last_read_ms_ago: Option<u64>, unread: u32) -> String {
-    let since = human(close_wait_ms);
-    let reads = match last_read_ms_ago {
-        Some(ms) => format!("the owner has not read for {}", human(ms)),
-        // Never read, or read only before the agent or its read hook ran.
-        None => "no read by the owner was seen".to_owned(),
-    };
-    if unread > 0 {
-        format!(
-            "peer closed {since} ago; {reads} and holds {unread} unread bytes: the reader may be blocked (a pool or handler deadlock)"
-        )
-    } else {
-        format!(
-            "peer closed {since} ago and the owner has not closed its end; {reads}: a connection pool or handler is holding a dead connection"
-        )
-    }
-}
-
-/// The hint for the end of a CLOSE_WAIT leak.
-pub fn close_wait_resolved_hint(close_wait_ms: u64, lower_bound: bool) -> String {
-    let at_least = if lower_bound { "at least " } else { "" };
-    format!(
-        "closed by its owner after {at_least}{} in CLOSE_WAIT",
-        human(close_wait_ms)
-    )
-}
-
-/// A duration as people say it: `850ms`, `42s`, `2m 5s`, `3h 20m`.
-pub fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => format!("{ms}ms"),
-        1..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hints_name_the_unread_bytes_and_side() {
-        assert_eq!(
-            hint(Kind::RstOnClose, Role::Client, 72480),
-            "closed with 72480 unread bytes: the response was not fully read, so the kernel sent RST instead of FIN and the connection could not be reused"
-        );
-        assert!(hint(Kind::RstOnClose, Role::Server, 5).contains("the request was not fully read"));
-        assert!(hint(Kind::LingerAbort, Role::Unknown, 0).contains("SO_LINGER"));
-    }
-
-    #[test]
-    fn close_wait_hints_say_how_long_and_what_is_held() {
-        assert_eq!(
-            close_wait_hint(120_000, Some(125_000), 4096),
-            "peer closed 2m 0s ago; the owner has not read for 2m 5s and holds 4096 unread bytes: the reader may be blocked (a pool or handler deadlock)"
-        );
-        assert_eq!(
-            close_wait_hint(31_000, None, 0),
-            "peer closed 31s ago and the owner has not closed its end; no read by the owner was seen: a connection pool or handler is holding a dead connection"
-        );
-        assert_eq!(
-            close_wait_resolved_hint(7_200_000, true),
-            "closed by its owner after at least 2h 0m in CLOSE_WAIT"
-        );
-        assert_eq!(human(850), "850ms");
-    }
 }

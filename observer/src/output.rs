@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     enrich::Enricher,
-    events::{Event, Kind, link},
+    events::{Event, Kind, Owner, link},
     metrics::{Labeller, PeerSeries, SelfMetrics, Totals, WorkloadPeer},
     owners,
     store::Store,
@@ -147,7 +147,7 @@ impl Sink {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for e in &mut batch {
-                    e.attribute(enricher.lookup(e.cgroup_id));
+                    e.owner.workload = enricher.lookup(e.owner.cgroup_id);
                     if let Some(l) = &e.linked {
                         let peer = enricher.lookup(l.cgroup_id);
                         link::describe(e, peer);
@@ -236,7 +236,7 @@ fn find_owners(batch: &mut [Event]) {
     let found = owners::find(std::path::Path::new("/proc"), &wanted);
     for e in batch {
         if let Some(o) = unknown(e.inode).and_then(|i| found.get(&i)) {
-            (e.pid, e.comm, e.cgroup_id) = (o.pid, o.comm.clone(), o.cgroup_id);
+            e.owner = Owner::held_by(o);
         }
         if let Some(l) = e.linked.as_mut()
             && let Some(o) = unknown(l.inode).and_then(|i| found.get(&i))
@@ -291,13 +291,13 @@ mod tests {
             inode,
         });
         let mut gone = Event::blank(Kind::ResetReceived);
-        (gone.pid, gone.inode) = (7, u64::MAX);
+        (gone.owner.pid, gone.inode) = (7, u64::MAX);
         let mut batch = [e, gone];
         find_owners(&mut batch);
-        assert_eq!(batch[0].pid, std::process::id());
+        assert_eq!(batch[0].owner.pid, std::process::id());
         assert_eq!(batch[0].linked.as_ref().unwrap().pid, std::process::id());
         assert_eq!(
-            batch[1].pid, 7,
+            batch[1].owner.pid, 7,
             "a socket no process holds keeps what it had"
         );
     }

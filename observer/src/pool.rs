@@ -39,7 +39,7 @@ use tracing::info;
 use crate::{
     enrich::{Attribution, Enricher},
     events::{
-        Event, Figures, Kind, Role,
+        self, Endpoints, Event, Figures, Kind, Role,
         decode::{Decoder, addr, comm, monotonic_ns},
     },
     map_read,
@@ -280,13 +280,19 @@ impl Monitor {
         Event {
             ts: self.decoder.wall_clock(at),
             wall_ns: self.decoder.wall_ns(at),
-            pid,
-            comm: comm(&key.comm),
-            cgroup_id: key.cgroup_id,
-            netns: key.netns,
-            local_addr,
-            peer_addr,
-            peer_port: key.peer_port,
+            owner: events::Owner {
+                pid,
+                comm: comm(&key.comm),
+                cgroup_id: key.cgroup_id,
+                workload: Attribution::default(),
+            },
+            ends: Endpoints {
+                netns: key.netns,
+                local_addr,
+                local_port: 0,
+                peer_addr,
+                peer_port: key.peer_port,
+            },
             role,
             hint: detect::hint(kind, &figures, role == Role::Server),
             figures: Some(figures),

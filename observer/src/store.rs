@@ -229,12 +229,12 @@ impl Store {
                     e.id as i64,
                     e.wall_ns as i64,
                     e.kind.as_str(),
-                    e.pid,
-                    e.comm,
-                    e.namespace,
-                    e.pod,
-                    e.peer_addr.to_string(),
-                    e.peer_port,
+                    e.owner.pid,
+                    e.owner.comm,
+                    e.owner.workload.namespace,
+                    e.owner.workload.pod,
+                    e.ends.peer_addr.to_string(),
+                    e.ends.peer_port,
                     json,
                 ])?;
             }

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use observer::{
     close_wait::SocketView,
-    events::{Event, Kind, Role},
+    events::{Endpoints, Event, Kind, Owner, Role},
     output::{LogEvents, Sink},
     probes::{HookType, PlanEntry},
 };
@@ -15,16 +15,25 @@ use observer::{
 fn event(kind: Kind) -> Event {
     Event {
         wall_ns: 1,
-        pid: 1,
-        comm: "x".into(),
+        owner: Owner {
+            pid: 1,
+            comm: "x".into(),
+            ..Owner::default()
+        },
+        ends: ends(),
+        role: Role::Client,
+        unread_bytes: 1,
+        ..Event::blank(kind)
+    }
+}
+
+fn ends() -> Endpoints {
+    Endpoints {
         netns: 1,
         local_addr: Ipv4Addr::LOCALHOST.into(),
         local_port: 1,
         peer_addr: Ipv4Addr::LOCALHOST.into(),
         peer_port: 2,
-        role: Role::Client,
-        unread_bytes: 1,
-        ..Event::blank(kind)
     }
 }
 
@@ -70,18 +79,17 @@ fn exported() -> BTreeSet<(String, String)> {
     }]);
     let view = SocketView {
         state: "close_wait",
-        netns: 1,
-        local_addr: Ipv4Addr::LOCALHOST.into(),
-        local_port: 1,
-        peer_addr: Ipv4Addr::LOCALHOST.into(),
-        peer_port: 2,
-        pid: 1,
-        comm: "x".into(),
-        cgroup_id: 0,
-        container_id: None,
-        container: None,
-        pod: Some("web-0".into()),
-        namespace: Some("shop".into()),
+        ends: ends(),
+        owner: Owner {
+            pid: 1,
+            comm: "x".into(),
+            cgroup_id: 0,
+            workload: observer::enrich::Attribution {
+                pod: Some("web-0".into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+        },
         role: Role::Client,
         unread_bytes: 0,
         close_wait_ms: 1,

@@ -1,6 +1,6 @@
 //! One function per route. Locks are taken for short copies and never held across an await.
 
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use axum::{
     Json,
@@ -191,12 +191,11 @@ pub(super) async fn sockets(Extract(s): Extract<State>, q: Pairs) -> Response {
     let sockets: Vec<_> = live
         .into_iter()
         .filter(|v| v.close_wait_ms >= min_ms)
-        .filter(|v| pid.is_none_or(|p| v.pid == p))
-        .filter(|v| comm.as_ref().is_none_or(|c| &v.comm == c))
+        .filter(|v| pid.is_none_or(|p| v.owner.pid == p))
+        .filter(|v| comm.as_ref().is_none_or(|c| &v.owner.comm == c))
         .filter(|v| {
             peer.is_none_or(|(ip, port)| {
-                SocketAddr::new(v.peer_addr, v.peer_port).ip() == ip
-                    && port.is_none_or(|p| v.peer_port == p)
+                v.ends.peer_addr == ip && port.is_none_or(|p| v.ends.peer_port == p)
             })
         })
         .take(limit)

@@ -14,8 +14,9 @@ use observer_common::event::{CW_REPORTED, CloseWaitEntry};
 
 use super::{LEAKS_PER_SCAN, SocketView, Startup, Tuple};
 use crate::{
+    enrich::Attribution,
     events::{
-        Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
+        self, Event, Kind, Role, close_wait_hint, close_wait_resolved_hint,
         decode::{Decoder, addr, comm},
     },
     owners::Owner,
@@ -36,9 +37,9 @@ pub(super) fn tuple_of_entry(e: &CloseWaitEntry) -> Tuple {
 
 fn tuple_of_event(e: &Event) -> Tuple {
     Tuple {
-        netns: e.netns,
-        local: SocketAddr::new(e.local_addr, e.local_port),
-        peer: SocketAddr::new(e.peer_addr, e.peer_port),
+        netns: e.ends.netns,
+        local: SocketAddr::new(e.ends.local_addr, e.ends.local_port),
+        peer: e.ends.peer(),
     }
 }
 
@@ -224,14 +225,17 @@ impl Book {
 
     fn view_of_entry(&self, e: &CloseWaitEntry, now: u64) -> SocketView {
         let t = tuple_of_entry(e);
-        let (pid, comm, cgroup_id) = match self.owners.get(&e.inode) {
-            Some(o) if e.pid == 0 => (o.pid, o.comm.clone(), o.cgroup_id),
-            _ => (e.pid, comm(&e.comm), e.cgroup_id),
+        let owner = match self.owners.get(&e.inode) {
+            Some(o) if e.pid == 0 => events::Owner::held_by(o),
+            _ => events::Owner {
+                pid: e.pid,
+                comm: comm(&e.comm),
+                cgroup_id: e.cgroup_id,
+                ..events::Owner::default()
+            },
         };
         SocketView {
-            pid,
-            comm,
-            cgroup_id,
+            owner,
             role: Role::from_wire(e.role),
             unread_bytes: e.unread(),
             close_wait_ms: now.saturating_sub(e.entered_ns) / 1_000_000,
@@ -244,11 +248,12 @@ impl Book {
     }
 
     fn view_of_found(&self, t: Tuple, f: &Found, now: u64) -> SocketView {
-        let owner = self.owners.get(&f.inode);
         SocketView {
-            cgroup_id: owner.map_or(0, |o| o.cgroup_id),
-            pid: owner.map_or(0, |o| o.pid),
-            comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+            owner: self
+                .owners
+                .get(&f.inode)
+                .map(events::Owner::held_by)
+                .unwrap_or_default(),
             unread_bytes: f.unread,
             close_wait_ms: now.saturating_sub(f.at_ns) / 1_000_000,
             close_wait_lower_bound: true,
@@ -266,10 +271,10 @@ impl Book {
         let attributed = self.attributed.remove(&tuple_of_event(&ev));
         if ev.close_wait_ms.is_some() {
             // Known to the programs, reported by us: fill an owner the programs lacked.
-            if ev.pid == 0
+            if ev.owner.pid == 0
                 && let Some(o) = attributed
             {
-                (ev.pid, ev.comm, ev.cgroup_id) = (o.pid, o.comm, o.cgroup_id);
+                ev.owner = events::Owner::held_by(&o);
             }
             return Some(ev);
         }
@@ -282,10 +287,10 @@ impl Book {
         ev.close_wait_ms = Some(ms);
         ev.close_wait_lower_bound = Some(true);
         ev.hint = close_wait_resolved_hint(ms, true);
-        if ev.pid == 0
+        if ev.owner.pid == 0
             && let Some(o) = self.owners.get(&found.inode)
         {
-            (ev.pid, ev.comm, ev.cgroup_id) = (o.pid, o.comm.clone(), o.cgroup_id);
+            ev.owner = events::Owner::held_by(o);
         }
         Some(ev)
     }
@@ -297,14 +302,11 @@ fn leak(v: &SocketView, now: u64, decoder: &Decoder) -> Event {
     Event {
         ts: decoder.wall_clock(now),
         wall_ns: decoder.wall_ns(now),
-        pid: v.pid,
-        comm: v.comm.clone(),
-        cgroup_id: v.cgroup_id,
-        netns: v.netns,
-        local_addr: v.local_addr,
-        local_port: v.local_port,
-        peer_addr: v.peer_addr,
-        peer_port: v.peer_port,
+        owner: events::Owner {
+            workload: Attribution::default(),
+            ..v.owner.clone()
+        },
+        ends: v.ends,
         role: v.role,
         unread_bytes: v.unread_bytes,
         close_wait_ms: Some(v.close_wait_ms),

@@ -73,12 +73,12 @@ impl Metrics {
         let mut groups: HashMap<Group<'_>, (i64, u64)> = HashMap::new();
         for v in views {
             let key = (
-                v.namespace.as_deref().unwrap_or_default(),
-                v.pod.as_deref().unwrap_or_default(),
-                v.container.as_deref().unwrap_or_default(),
-                v.comm.as_str(),
+                v.owner.workload.namespace.as_deref().unwrap_or_default(),
+                v.owner.workload.pod.as_deref().unwrap_or_default(),
+                v.owner.workload.container.as_deref().unwrap_or_default(),
+                v.owner.comm.as_str(),
                 v.role,
-                labelled_peer(v.role, SocketAddr::new(v.peer_addr, v.peer_port)),
+                labelled_peer(v.role, v.ends.peer()),
             );
             let slot = groups.entry(key).or_default();
             slot.0 += 1;

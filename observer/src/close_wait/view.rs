@@ -1,13 +1,10 @@
 //! One socket in CLOSE_WAIT as the API and the gauges see it, and the shared live list.
 
-use std::{
-    net::IpAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::events::Role;
+use crate::events::{Endpoints, Owner, Role};
 
 /// The sockets in CLOSE_WAIT as of the last scan, oldest first; read by the API.
 pub type Live = Arc<Mutex<Vec<SocketView>>>;
@@ -17,30 +14,12 @@ pub type Live = Arc<Mutex<Vec<SocketView>>>;
 pub struct SocketView {
     /// TCP state (`close_wait`).
     pub state: &'static str,
-    /// Network namespace inode.
-    pub netns: u32,
-    /// Local address.
-    pub local_addr: IpAddr,
-    /// Local port.
-    pub local_port: u16,
-    /// Peer address.
-    pub peer_addr: IpAddr,
-    /// Peer port.
-    pub peer_port: u16,
-    /// Owner (0 while unknown).
-    pub pid: u32,
-    /// Owner's process name.
-    pub comm: String,
-    /// Owner's cgroup v2 id.
-    pub cgroup_id: u64,
-    /// Container id, null outside containers.
-    pub container_id: Option<String>,
-    /// Container name.
-    pub container: Option<String>,
-    /// Pod name.
-    pub pod: Option<String>,
-    /// Pod namespace.
-    pub namespace: Option<String>,
+    /// The connection's ends.
+    #[serde(flatten)]
+    pub ends: Endpoints,
+    /// The owner (pid 0 while unknown).
+    #[serde(flatten)]
+    pub owner: Owner,
     /// Who connected.
     pub role: Role,
     /// Bytes the owner has not read.
@@ -60,18 +39,14 @@ impl SocketView {
     pub(super) fn of(t: super::Tuple) -> Self {
         Self {
             state: "close_wait",
-            netns: t.netns,
-            local_addr: t.local.ip(),
-            local_port: t.local.port(),
-            peer_addr: t.peer.ip(),
-            peer_port: t.peer.port(),
-            pid: 0,
-            comm: String::new(),
-            cgroup_id: 0,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
+            ends: Endpoints {
+                netns: t.netns,
+                local_addr: t.local.ip(),
+                local_port: t.local.port(),
+                peer_addr: t.peer.ip(),
+                peer_port: t.peer.port(),
+            },
+            owner: Owner::default(),
             role: Role::Unknown,
             unread_bytes: 0,
             close_wait_ms: 0,

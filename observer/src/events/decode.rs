@@ -9,8 +9,8 @@ use observer_common::{
 };
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{Event, Kind, Role, hint};
-use crate::layout::Layout;
+use super::{Endpoints, Event, Kind, Owner, Role, hint};
+use crate::{enrich::Attribution, layout::Layout};
 
 /// A record the agent cannot turn into an event (counted, never fatal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -94,18 +94,19 @@ impl Decoder {
             ts: self.wall_clock(raw.ts_ns),
             wall_ns: self.wall_ns(raw.ts_ns),
             kind,
-            pid: raw.pid,
-            comm: comm(&raw.comm),
-            cgroup_id: raw.cgroup_id,
-            container_id: None,
-            container: None,
-            pod: None,
-            namespace: None,
-            netns: raw.netns,
-            local_addr: addr(raw.family, raw.saddr),
-            local_port: raw.sport,
-            peer_addr: addr(raw.family, raw.daddr),
-            peer_port: raw.dport,
+            owner: Owner {
+                pid: raw.pid,
+                comm: comm(&raw.comm),
+                cgroup_id: raw.cgroup_id,
+                workload: Attribution::default(),
+            },
+            ends: Endpoints {
+                netns: raw.netns,
+                local_addr: addr(raw.family, raw.saddr),
+                local_port: raw.sport,
+                peer_addr: addr(raw.family, raw.daddr),
+                peer_port: raw.dport,
+            },
             role,
             unread_bytes: raw.unread_bytes,
             conn_age_ms: (raw.established_ns != 0)

@@ -108,10 +108,10 @@ impl Linker {
         };
         let wanted = (
             other,
-            ev.peer_addr,
-            ev.peer_port,
-            ev.local_addr,
-            ev.local_port,
+            ev.ends.peer_addr,
+            ev.ends.peer_port,
+            ev.ends.local_addr,
+            ev.ends.local_port,
         );
         let found = self.index.get(&wanted).and_then(|seqs| {
             seqs.iter()
@@ -132,10 +132,10 @@ impl Linker {
         }
         let key = (
             end,
-            ev.local_addr,
-            ev.local_port,
-            ev.peer_addr,
-            ev.peer_port,
+            ev.ends.local_addr,
+            ev.ends.local_port,
+            ev.ends.peer_addr,
+            ev.ends.peer_port,
         );
         self.seq += 1;
         self.index.entry(key).or_default().push(self.seq);
@@ -190,16 +190,16 @@ impl Linker {
 /// Whether two events with mirrored endpoints are the two ends of one connection: loopback
 /// and single-address connections exist once per network namespace.
 fn same_place(a: &Event, b: &Event) -> bool {
-    let local_only = a.local_addr.is_loopback() || a.local_addr == a.peer_addr;
-    !local_only || a.netns == b.netns
+    let local_only = a.ends.local_addr.is_loopback() || a.ends.local_addr == a.ends.peer_addr;
+    !local_only || a.ends.netns == b.ends.netns
 }
 
 fn linked(e: &Event) -> Linked {
     Linked {
         kind: e.kind,
-        pid: e.pid,
-        comm: e.comm.clone(),
-        cgroup_id: e.cgroup_id,
+        pid: e.owner.pid,
+        comm: e.owner.comm.clone(),
+        cgroup_id: e.owner.cgroup_id,
         unread_bytes: e.unread_bytes,
         inode: e.inode,
     }

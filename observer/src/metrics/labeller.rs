@@ -174,13 +174,14 @@ impl Labeller {
 
     /// The labels of an event's owner and peer.
     pub fn of_event(&self, e: &Event) -> WorkloadPeer {
+        let w = &e.owner.workload;
         let workload = Workload {
-            namespace: e.namespace.clone().unwrap_or_default(),
-            pod: e.pod.clone().unwrap_or_default(),
-            container: e.container.clone().unwrap_or_default(),
-            comm: e.comm.clone(),
+            namespace: w.namespace.clone().unwrap_or_default(),
+            pod: w.pod.clone().unwrap_or_default(),
+            container: w.container.clone().unwrap_or_default(),
+            comm: e.owner.comm.clone(),
         };
-        self.workload_peer(workload, e.role, SocketAddr::new(e.peer_addr, e.peer_port))
+        self.workload_peer(workload, e.role, e.ends.peer())
     }
 
     fn tell(&self, gone: Forgotten<'_>) {

@@ -151,9 +151,9 @@ impl Monitor {
                 key.role = observer_common::event::Role::Client as u8;
                 self.flow_event(Kind::PortPressure, &key, 0, f)
             };
-            ev.local_addr = u.source;
-            ev.peer_addr = u.peer.ip();
-            ev.peer_port = u.peer.port();
+            ev.ends.local_addr = u.source;
+            ev.ends.peer_addr = u.peer.ip();
+            ev.ends.peer_port = u.peer.port();
             events.push(ev);
         }
         events

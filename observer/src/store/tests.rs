@@ -1,20 +1,25 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::events::{Kind, Role};
+use crate::events::{Endpoints, Kind, Owner, Role};
 
 pub(crate) fn event(kind: Kind, pid: u32, comm: &str, peer: (&str, u16), wall_ns: u64) -> Event {
     Event {
         ts: String::from("2026-11-21T00:00:00Z"),
         wall_ns,
-        pid,
-        comm: comm.to_owned(),
-        cgroup_id: 1,
-        netns: 1,
-        local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        local_port: 40000,
-        peer_addr: peer.0.parse().unwrap(),
-        peer_port: peer.1,
+        owner: Owner {
+            pid,
+            comm: comm.to_owned(),
+            cgroup_id: 1,
+            ..Owner::default()
+        },
+        ends: Endpoints {
+            netns: 1,
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 40000,
+            peer_addr: peer.0.parse().unwrap(),
+            peer_port: peer.1,
+        },
         role: Role::Client,
         unread_bytes: 10,
         bytes_received: 10,

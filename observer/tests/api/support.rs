@@ -8,7 +8,8 @@ use std::{
 
 use observer::{
     api,
-    events::{Event, Kind, Role},
+    enrich::Attribution,
+    events::{Endpoints, Event, Kind, Owner, Role},
     metrics, store,
 };
 use serde_json::Value;
@@ -28,16 +29,23 @@ pub(crate) fn event(
     Event {
         ts: "2026-11-21T12:00:00Z".to_owned(),
         wall_ns,
-        pid,
-        comm: comm.to_owned(),
-        cgroup_id: 1,
-        pod: Some("web-0".to_owned()),
-        namespace: Some("shop".to_owned()),
-        netns: 1,
-        local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        local_port: 40000,
-        peer_addr: peer.parse().unwrap(),
-        peer_port: port,
+        owner: Owner {
+            pid,
+            comm: comm.to_owned(),
+            cgroup_id: 1,
+            workload: Attribution {
+                pod: Some("web-0".to_owned()),
+                namespace: Some("shop".to_owned()),
+                ..Attribution::default()
+            },
+        },
+        ends: Endpoints {
+            netns: 1,
+            local_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 40000,
+            peer_addr: peer.parse().unwrap(),
+            peer_port: port,
+        },
         role: Role::Client,
         unread_bytes: 42,
         conn_age_ms: Some(5),

@@ -98,7 +98,7 @@ fn reported_or_young_entries_are_not_due_and_reporting_marks_them() {
     let due = book.due(&entries, 200 * SEC, 30 * SEC);
     let (events, mark) = book.report(due, 200 * SEC, &decoder());
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].local_port, 2);
+    assert_eq!(events[0].ends.local_port, 2);
     assert_eq!(events[0].close_wait_ms, Some(200_000));
     assert_eq!(events[0].unread_bytes, 10, "rcv_nxt counts the FIN");
     assert_eq!(mark.len(), 1);
@@ -125,7 +125,7 @@ fn startup_proves_stale_only_in_listed_namespaces_and_skips_known_sockets() {
     let views = book.views(&[], 80 * SEC);
     assert_eq!(views.len(), 1);
     let v = &views[0];
-    assert_eq!(v.local_port, 4);
+    assert_eq!(v.ends.local_port, 4);
     assert!(v.close_wait_lower_bound);
     assert_eq!(v.close_wait_ms, 30_000, "counted from when it was found");
     assert_eq!(v.unread_bytes, 5, "the queue less the FIN");
@@ -147,9 +147,9 @@ fn owners_are_looked_up_once_for_unattributed_sockets_and_forgotten_when_gone() 
     book.add_owners(HashMap::from([(10, owner(41)), (90, owner(42))]));
     assert!(book.owners_wanted(&due).is_empty());
     let (events, _) = book.report(due, 100 * SEC, &decoder());
-    let pids: Vec<_> = events.iter().map(|e| e.pid).collect();
+    let pids: Vec<_> = events.iter().map(|e| e.owner.pid).collect();
     assert_eq!(pids, [41, 7, 0, 42]);
-    assert_eq!(events[3].comm, "pool");
+    assert_eq!(events[3].owner.comm, "pool");
     // Socket 10 left: its owner is forgotten at the next scan.
     book.due(&entries[1..], 101 * SEC, 30 * SEC);
     assert!(!book.owners.contains_key(&10));
@@ -158,11 +158,13 @@ fn owners_are_looked_up_once_for_unattributed_sockets_and_forgotten_when_gone() 
 
 fn resolved(t: Tuple, close_wait_ms: Option<u64>) -> Event {
     Event {
-        netns: t.netns,
-        local_addr: t.local.ip(),
-        local_port: t.local.port(),
-        peer_addr: t.peer.ip(),
-        peer_port: t.peer.port(),
+        ends: crate::events::Endpoints {
+            netns: t.netns,
+            local_addr: t.local.ip(),
+            local_port: t.local.port(),
+            peer_addr: t.peer.ip(),
+            peer_port: t.peer.port(),
+        },
         close_wait_ms,
         ..Event::blank(Kind::CloseWaitResolved)
     }
@@ -179,12 +181,12 @@ fn a_resolved_entry_gets_the_owner_found_for_its_leak() {
         .resolve(resolved(tuple(1, 1), Some(120_000)), 0)
         .unwrap();
     assert_eq!(
-        (ev.pid, ev.comm.as_str(), ev.close_wait_ms),
+        (ev.owner.pid, ev.owner.comm.as_str(), ev.close_wait_ms),
         (41, "pool", Some(120_000))
     );
     // Once only.
     let ev = book.resolve(resolved(tuple(1, 1), Some(1)), 0).unwrap();
-    assert_eq!(ev.pid, 0);
+    assert_eq!(ev.owner.pid, 0);
 }
 
 #[test]

@@ -63,10 +63,17 @@ fn decodes_every_field() {
     let d = decoder();
     let e = d.decode(&bytes(&raw())).unwrap();
     assert_eq!(e.kind, Kind::RstOnClose);
-    assert_eq!((e.pid, e.comm.as_str(), e.cgroup_id), (1234, "curl", 42));
-    assert_eq!(e.local_addr.to_string(), "127.0.0.1");
     assert_eq!(
-        (e.peer_addr.to_string().as_str(), e.peer_port, e.local_port),
+        (e.owner.pid, e.owner.comm.as_str(), e.owner.cgroup_id),
+        (1234, "curl", 42)
+    );
+    assert_eq!(e.ends.local_addr.to_string(), "127.0.0.1");
+    assert_eq!(
+        (
+            e.ends.peer_addr.to_string().as_str(),
+            e.ends.peer_port,
+            e.ends.local_port
+        ),
         ("10.1.2.3", 8080, 40_000)
     );
     assert_eq!(e.role, Role::Client);
@@ -115,8 +122,8 @@ fn ipv6_and_mapped_addresses() {
     r.saddr = "::1".parse::<Ipv6Addr>().unwrap().octets();
     r.daddr = "::ffff:10.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
     let e = decoder().event(&r).unwrap();
-    assert_eq!(e.local_addr.to_string(), "::1");
-    assert_eq!(e.peer_addr.to_string(), "10.0.0.9");
+    assert_eq!(e.ends.local_addr.to_string(), "::1");
+    assert_eq!(e.ends.peer_addr.to_string(), "10.0.0.9");
 }
 
 #[test]
@@ -128,10 +135,14 @@ fn bad_records_are_errors() {
     assert_eq!(d.decode(&bytes(&r)), Err(DecodeError::Kind(99)));
 }
 
+/// Every field CONTRACT.md names, flat (the owner and the endpoints are flattened structs) and
+/// in its order.
 #[test]
 fn json_has_the_contract_fields() {
     let e = decoder().event(&raw()).unwrap();
     let v = serde_json::to_value(&e).unwrap();
+    let json = serde_json::to_string(&e).unwrap();
+    let mut last = 0;
     for field in [
         "id",
         "ts",
@@ -140,6 +151,7 @@ fn json_has_the_contract_fields() {
         "comm",
         "cgroup_id",
         "container_id",
+        "container",
         "pod",
         "namespace",
         "netns",
@@ -158,6 +170,12 @@ fn json_has_the_contract_fields() {
         "hint",
     ] {
         assert!(v.get(field).is_some(), "missing {field}");
+        let at = json.find(&format!("\"{field}\":")).unwrap();
+        assert!(at > last, "{field} out of order: {json}");
+        last = at;
+    }
+    for nested in ["owner", "ends", "workload"] {
+        assert!(v.get(nested).is_none(), "{nested} is not flattened: {json}");
     }
     assert_eq!(v["kind"], "rst_on_close");
     assert_eq!(v["role"], "client");

@@ -1,17 +1,23 @@
 use super::*;
+use crate::events::{Endpoints, Owner};
 
 const MS: u64 = 1_000_000;
 
 fn ev(kind: Kind, pid: u32, netns: u32, local: (&str, u16), peer: (&str, u16)) -> Event {
     Event {
-        pid,
-        comm: format!("p{pid}"),
-        cgroup_id: u64::from(pid),
-        netns,
-        local_addr: local.0.parse().unwrap(),
-        local_port: local.1,
-        peer_addr: peer.0.parse().unwrap(),
-        peer_port: peer.1,
+        owner: Owner {
+            pid,
+            comm: format!("p{pid}"),
+            cgroup_id: u64::from(pid),
+            ..Owner::default()
+        },
+        ends: Endpoints {
+            netns,
+            local_addr: local.0.parse().unwrap(),
+            local_port: local.1,
+            peer_addr: peer.0.parse().unwrap(),
+            peer_port: peer.1,
+        },
         unread_bytes: if kind == Kind::RstOnClose { 4096 } else { 0 },
         ..Event::blank(kind)
     }
@@ -112,14 +118,14 @@ fn other_kinds_pass_at_once_and_a_full_table_lets_the_oldest_go() {
     let pool = Event::blank(Kind::ConnectionChurn);
     assert_eq!(l.push(pool, 0).0.len(), 1);
     let mut first = closer(1);
-    first.local_port = 1;
+    first.ends.local_port = 1;
     l.push(first, 0);
     let mut second = closer(1);
-    second.local_port = 2;
+    second.ends.local_port = 2;
     l.push(second, 0);
     let (out, overflow) = l.push(closer(1), 0);
     assert!(overflow);
-    assert_eq!(out[0].local_port, 1, "the oldest");
+    assert_eq!(out[0].ends.local_port, 1, "the oldest");
     assert_eq!(l.drain().len(), 2);
 }
 
