@@ -22,7 +22,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
@@ -44,12 +44,19 @@ mod harness;
 mod report;
 #[path = "overhead/scale.rs"]
 mod scale;
+#[path = "../tests/kernel/support.rs"]
+#[allow(
+    dead_code,
+    reason = "the kernel tests' helpers, of which the benchmark uses a few"
+)]
+mod support;
 #[path = "overhead/workloads.rs"]
 mod workloads;
 
-use harness::{Agent, Hooks, KernelTime, Sample, busy_seconds, in_netns, threads};
+use harness::{Hooks, KernelTime, Sample, Usage, busy_seconds, in_netns, threads};
 use report::{Beside, Row, compare, cpu_gain, rate_loss};
 use scale::{close_wait_scale, established_scale};
+use support::Agent;
 use workloads::{Nginx, aborts, connection_storm, request_response, stalled_reader};
 
 /// What a synthetic workload's overhead is read against: the noise floor, the hooks alone, and
@@ -162,7 +169,7 @@ fn rst_on_close() -> (String, serde_json::Value, serde_json::Value) {
     let mut t = String::new();
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
-        let agent = Agent::start();
+        let agent = Agent::start_discarding(&[]);
         let rate = aborts().rate;
         thread::sleep(Duration::from_millis(1500));
         let (reported, lost) = agent.aborts_reported_and_lost();
@@ -177,7 +184,7 @@ fn rst_on_close() -> (String, serde_json::Value, serde_json::Value) {
     let (aborts, reported, lost) = stalled_reader();
     let _ = writeln!(
         t,
-        "RST-on-close with the agent stopped (SIGSTOP) for {}s: {aborts} aborts, {reported} reported once it resumed (what the ring buffer held), {lost} counted in observer_events_lost_total, {} unaccounted",
+        "RST-on-close with the agent stopped (SIGSTOP) for {}s: {aborts} aborts, {reported} reported once it resumed (what the ring buffer held), {lost} counted lost (observer_events_lost_total{{source=\"ringbuf_full_rst_on_close\"}}), {} unaccounted",
         RUN.as_secs(),
         i128::from(aborts) - i128::from(reported) - i128::from(lost)
     );

@@ -1,7 +1,12 @@
-//! The harness: the agent under test, the empty programs of the floor, network namespaces,
+//! The harness: what the benchmark reads of the agent under test (started by the kernel
+//! tests' support, shared with them), the empty programs of the floor, network namespaces,
 //! the node's busy CPU time and the kernel time per program.
 
-use super::*;
+use super::{
+    Arc, AtomicBool, Duration, Instant, Ordering, RUN, THREADS,
+    support::{Agent, enter_netns, scrape},
+    thread,
+};
 
 /// observer-ebpf's `floor` object: empty programs on the state and read tracepoints.
 pub(crate) static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
@@ -29,57 +34,46 @@ impl Hooks {
     }
 }
 
-/// The release agent, with its own data and pin dirs, stdout to /dev/null.
-pub(crate) struct Agent {
-    pub(crate) child: Child,
-    pub(crate) url: String,
-    pub(crate) _data: tempfile::TempDir,
-    pub(crate) pins: String,
+/// What the benchmark reads of a running agent (the kernel tests' [`Agent`], started with
+/// its events discarded): its CPU, memory and counters.
+pub(crate) trait Usage {
+    /// User and system CPU seconds the agent has used.
+    fn cpu_seconds(&self) -> f64;
+    /// A `/proc/PID/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+    fn status_kib(&self, field: &str) -> u64;
+    /// Bytes the kernel charges for the agent's maps (`memlock` of each map fd).
+    fn map_bytes(&self) -> u64;
+    /// The sum of the `/metrics` samples whose line starts with `prefix`.
+    fn metric_sum(&self, prefix: &str) -> u64;
+
+    /// `rst_on_close` events reported, and `rst_on_close` events counted lost (each abort
+    /// also makes a `reset_received` event at its peer, counted lost under its own source).
+    fn aborts_reported_and_lost(&self) -> (u64, u64) {
+        (
+            self.metric_sum("observer_rst_on_close_total"),
+            self.metric_sum(r#"observer_events_lost_total{source="ringbuf_full_rst_on_close"}"#),
+        )
+    }
+
+    /// After `settle`: RSS and peak RSS (KiB), kernel map memory (bytes), and the agent's CPU
+    /// (% of one core) over the next 5 s.
+    fn settled(&self, settle: Duration) -> (u64, u64, u64, f64) {
+        thread::sleep(settle);
+        let (c0, t0) = (self.cpu_seconds(), Instant::now());
+        thread::sleep(Duration::from_secs(5));
+        let idle_cpu = (self.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        (
+            self.status_kib("VmRSS:"),
+            self.status_kib("VmHWM:"),
+            self.map_bytes(),
+            idle_cpu,
+        )
+    }
 }
 
-impl Agent {
-    pub(crate) fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    /// The agent with `extra` flags.
-    pub(crate) fn start_with(extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let pins = format!("/sys/fs/bpf/observer-bench-{}", std::process::id());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--pin-dir",
-                &pins,
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .args(extra)
-            .env("OBSERVER_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("agent exited").unwrap();
-            if let Some(rest) = line.split("listen=").nth(1) {
-                break format!("http://{}", rest.split_whitespace().next().unwrap());
-            }
-        };
-        thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            url,
-            _data: data,
-            pins,
-        }
-    }
-
-    pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+impl Usage for Agent {
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .unwrap()
@@ -92,8 +86,8 @@ impl Agent {
         ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
-    pub(crate) fn status_kib(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+    fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         s.lines()
             .find_map(|l| {
                 l.strip_prefix(field)?
@@ -105,9 +99,8 @@ impl Agent {
             .unwrap_or(0)
     }
 
-    /// Bytes the kernel charges for the agent's maps (`memlock` of each map fd).
-    pub(crate) fn map_bytes(&self) -> u64 {
-        let dir = format!("/proc/{}/fdinfo", self.child.id());
+    fn map_bytes(&self) -> u64 {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
@@ -120,69 +113,21 @@ impl Agent {
             .sum()
     }
 
-    /// `rst_on_close` events reported, and events counted lost.
-    pub(crate) fn aborts_reported_and_lost(&self) -> (u64, u64) {
-        (
-            self.metric_sum("observer_rst_on_close_total"),
-            self.metric_sum("observer_events_lost_total"),
-        )
-    }
-
-    pub(crate) fn metric_sum(&self, prefix: &str) -> u64 {
-        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().build());
-        let text = agent
-            .get(&format!("{}/metrics", self.url))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        text.lines()
+    fn metric_sum(&self, prefix: &str) -> u64 {
+        scrape(&self.url)
+            .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
-
-    /// After `settle`: RSS and peak RSS (KiB), kernel map memory (bytes), and the agent's CPU
-    /// (% of one core) over the next 5 s.
-    pub(crate) fn settled(&self, settle: Duration) -> (u64, u64, u64, f64) {
-        thread::sleep(settle);
-        let (c0, t0) = (self.cpu_seconds(), Instant::now());
-        thread::sleep(Duration::from_secs(5));
-        let idle_cpu = (self.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0;
-        (
-            self.status_kib("VmRSS:"),
-            self.status_kib("VmHWM:"),
-            self.map_bytes(),
-            idle_cpu,
-        )
-    }
-
-    pub(crate) fn stop(self) {
-        drop(self);
-    }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.pins);
-    }
-}
-
-/// Runs `f` on a thread in a fresh network namespace with `lo` up.
+/// Runs `f` on a thread in a fresh network namespace with `lo` up and the whole port range
+/// ephemeral, freed when `f` returns (the kernel tests' [`support::in_netns`] keeps its
+/// namespaces, which the agent would walk on every scan of the runs that follow).
 pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     thread::spawn(move || {
-        // SAFETY: affects this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let ok = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        enter_netns();
         std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535").unwrap();
         f()
     })
@@ -251,7 +196,7 @@ impl KernelTime {
         let before = std::fs::read_to_string(STATS).unwrap();
         std::fs::write(STATS, "1").unwrap();
         // Every program attached, the read hook included: what each costs per call.
-        let agent = Agent::start_with(&["--read-hook", "always"]);
+        let agent = Agent::start_discarding(&["--read-hook", "always"]);
         let s = work();
         let mut programs: Vec<(String, f64, f64)> = aya::programs::loaded_programs()
             .filter_map(Result::ok)

@@ -1,6 +1,6 @@
 //! The comparison of runs with and without the agent, and the table rows.
 
-use super::{Agent, Hooks, Instant, ROUNDS, Sample};
+use super::{Agent, Hooks, Instant, ROUNDS, Sample, Usage as _};
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -134,7 +134,7 @@ pub(crate) fn compare(
                 drop(hooks);
             }
             Beside::Agent(flags) => {
-                let agent = Agent::start_with(flags);
+                let agent = Agent::start_discarding(flags);
                 let (c0, t0) = (agent.cpu_seconds(), Instant::now());
                 with.push(work());
                 cpu.push((agent.cpu_seconds() - c0) / t0.elapsed().as_secs_f64() * 100.0);

@@ -8,7 +8,7 @@ use super::*;
 /// 20,000 per process), one listening port per pair (ports are unique per destination).
 pub(crate) fn established_scale(n: usize) -> (u64, u64, u64, f64, u64, usize) {
     const PER: usize = 16_667;
-    let agent = Agent::start();
+    let agent = Agent::start_discarding(&[]);
     let groups = n.div_ceil(PER);
     let procs = in_netns(move || {
         let mut procs = Vec::new();
@@ -66,7 +66,7 @@ pub(crate) fn python(script: &str) -> Child {
 /// the server ends are accepted and closed here.
 pub(crate) fn close_wait_scale(n: usize) -> (u64, u64, u64, f64) {
     const HOLDERS: usize = 3;
-    let agent = Agent::start();
+    let agent = Agent::start_discarding(&[]);
     let holders = in_netns(move || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();

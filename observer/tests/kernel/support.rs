@@ -1,6 +1,7 @@
 //! Helpers for the kernel tests: the privilege gate, a network namespace per scenario, the
 //! agent as a child process whose JSON-lines events are collected per namespace, and the
-//! kernel's own counters.
+//! kernel's own counters. The overhead benchmark runs its agents and namespaces with these too
+//! (`benches/overhead.rs` includes this file).
 
 use std::{
     collections::HashMap,
@@ -86,11 +87,7 @@ pub(crate) fn require_bpf() -> bool {
 pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce(u64) -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        // SAFETY: unshare only affects this thread.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
-        loopback_up();
-        let ino = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let ino = enter_netns();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ino)));
         let _ = tx.send(out);
         loop {
@@ -101,6 +98,16 @@ pub(crate) fn in_netns<T: Send + 'static>(f: impl FnOnce(u64) -> T + Send + 'sta
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e),
     }
+}
+
+/// Moves the calling thread into a new network namespace with `lo` up; returns the
+/// namespace's inode number. The namespace lives as long as a thread or socket is in it.
+pub(crate) fn enter_netns() -> u64 {
+    // SAFETY: unshare only affects this thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    loopback_up();
+    std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
 }
 
 fn loopback_up() {
@@ -283,6 +290,36 @@ impl Drop for PinDir {
     }
 }
 
+/// Parses the agent's JSON-lines stdout into `shared`, per namespace, on a thread of its own.
+fn collect_events(out: std::process::ChildStdout, s: Arc<(Mutex<Shared>, Condvar)>) {
+    thread::spawn(move || {
+        let mut out = BufReader::new(out);
+        let mut line = String::new();
+        while matches!(out.read_line(&mut line), Ok(n) if n > 0) {
+            // A last line without its newline was cut short by a SIGKILL: not an event.
+            if !line.ends_with('\n') {
+                break;
+            }
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            line.clear();
+            let ns = v["netns"].as_u64().unwrap();
+            let (m, cv) = &*s;
+            let mut g = m.lock().unwrap();
+            // The victims' side of the tests' own aborts, kept apart so that the tests
+            // counting aborts see only those (`Agent::resets`).
+            let list = if v["kind"] == "reset_received" {
+                &mut g.resets_by_netns
+            } else {
+                &mut g.by_netns
+            };
+            list.entry(ns).or_default().push(v);
+            drop(g);
+            cv.notify_all();
+        }
+    });
+}
+
 /// Makes `cmd`'s process join the cgroup whose `cgroup.procs` is `procs` before it execs.
 fn enter_cgroup_on_exec(cmd: &mut Command, procs: &std::path::Path) {
     let path = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
@@ -347,11 +384,36 @@ impl Agent {
         Self::start_with(bin, pins, args, None)
     }
 
+    /// As [`Agent::start`], its events written to /dev/null: nothing in this process parses
+    /// them (the overhead benchmark, whose CPU figures would count that work as the agent's).
+    #[allow(
+        dead_code,
+        reason = "the overhead benchmark's, which includes this file"
+    )]
+    pub(crate) fn start_discarding(args: &[&str]) -> Self {
+        let pins = PinDir::new();
+        let mut agent = Self::launch(OBSERVER, &pins, args, None, false);
+        agent.pins = Some(pins);
+        agent
+    }
+
     fn start_with(
         bin: &str,
         pins: &PinDir,
         args: &[&str],
         cgroup_procs: Option<&std::path::Path>,
+    ) -> Self {
+        Self::launch(bin, pins, args, cgroup_procs, true)
+    }
+
+    /// Starts the agent, its events collected per namespace if `collect`, and waits until it
+    /// is ready.
+    fn launch(
+        bin: &str,
+        pins: &PinDir,
+        args: &[&str],
+        cgroup_procs: Option<&std::path::Path>,
+        collect: bool,
     ) -> Self {
         let data = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
         let mut cmd = Command::new(bin);
@@ -366,40 +428,19 @@ impl Agent {
         }
         let mut child = cmd
             .env("OBSERVER_LOG", "info")
-            .stdout(Stdio::piped())
+            .stdout(if collect {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn observer agent");
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
-        let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let s = shared.clone();
-        thread::spawn(move || {
-            let mut out = BufReader::new(out);
-            let mut line = String::new();
-            while matches!(out.read_line(&mut line), Ok(n) if n > 0) {
-                // A last line without its newline was cut short by a SIGKILL: not an event.
-                if !line.ends_with('\n') {
-                    break;
-                }
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                line.clear();
-                let ns = v["netns"].as_u64().unwrap();
-                let (m, cv) = &*s;
-                let mut g = m.lock().unwrap();
-                // The victims' side of the tests' own aborts, kept apart so that the tests
-                // counting aborts see only those (`Agent::resets`).
-                let list = if v["kind"] == "reset_received" {
-                    &mut g.resets_by_netns
-                } else {
-                    &mut g.by_netns
-                };
-                list.entry(ns).or_default().push(v);
-                drop(g);
-                cv.notify_all();
-            }
-        });
+        if let Some(out) = child.stdout.take() {
+            collect_events(out, shared.clone());
+        }
         let s = shared.clone();
         thread::spawn(move || {
             for line in BufReader::new(err).lines() {
