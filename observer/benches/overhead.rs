@@ -170,16 +170,17 @@ fn rst_on_close() -> (String, serde_json::Value, serde_json::Value) {
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
         let agent = Agent::start_discarding(&[]);
-        let rate = aborts().rate;
-        thread::sleep(Duration::from_millis(1500));
-        let (reported, lost) = agent.aborts_reported_and_lost();
+        let sample = aborts();
+        let (made, rate) = (sample.ops as u64, sample.rate);
+        let (reported, lost) = agent.aborts_settled();
         agent.stop();
         let _ = writeln!(
             t,
-            "RST-on-close at {rate:.0}/s for {}s: {reported} reported, {lost} lost",
-            RUN.as_secs()
+            "RST-on-close at {rate:.0}/s for {}s: {made} aborts, {reported} reported, {lost} lost, {} unaccounted",
+            RUN.as_secs(),
+            i128::from(made) - i128::from(reported) - i128::from(lost)
         );
-        rounds.push(serde_json::json!({"per_second": rate, "reported": reported, "lost": lost}));
+        rounds.push(serde_json::json!({"per_second": rate, "aborts": made, "reported": reported, "lost": lost}));
     }
     let (aborts, reported, lost) = stalled_reader();
     let _ = writeln!(

@@ -55,6 +55,23 @@ pub(crate) trait Usage {
         )
     }
 
+    /// [`Usage::aborts_reported_and_lost`] once the counts stop moving (the agent has drained
+    /// the ring buffer and exported its drop counters), or after 15 s.
+    fn aborts_settled(&self) -> (u64, u64) {
+        let mut last = self.aborts_reported_and_lost();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            // The drop counters are exported once a second.
+            thread::sleep(Duration::from_millis(1500));
+            let now = self.aborts_reported_and_lost();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// After `settle`: RSS and peak RSS (KiB), kernel map memory (bytes), and the agent's CPU
     /// (% of one core) over the next 5 s.
     fn settled(&self, settle: Duration) -> (u64, u64, u64, f64) {

@@ -99,9 +99,7 @@ pub(crate) fn stalled_reader() -> (u64, u64, u64) {
     agent.pause();
     let aborts = aborts().ops as u64;
     agent.resume();
-    // The ring is drained at once; the drop counters are exported every second.
-    thread::sleep(Duration::from_millis(2500));
-    let (reported, lost) = agent.aborts_reported_and_lost();
+    let (reported, lost) = agent.aborts_settled();
     agent.stop();
     (aborts, reported, lost)
 }
