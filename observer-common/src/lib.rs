@@ -15,9 +15,9 @@ pub mod maps {
     /// Ring buffer carrying [`crate::event::RawEvent`]s to userspace.
     pub const EVENTS: &str = "EVENTS";
     /// Size of [`EVENTS`] in bytes: about 49,000 events (168 bytes each with the ring's
-    /// header), a second and more of aborts at the highest rate measured together with the
-    /// `reset_received` each causes on the node, so a reader delayed by a busy machine loses
-    /// nothing.
+    /// header), where an abort whose peer is on the node takes two (its own and the peer's
+    /// `reset_received`): a reader held up by a busy machine loses nothing for as long as
+    /// that lasts (docs/performance.md has what it holds at the abort rates measured).
     pub const EVENTS_BYTES: u32 = 8 << 20;
     /// Per-CPU high-water mark of bytes waiting in [`EVENTS`], reset by userspace as it reads.
     pub const EVENTS_FILL: &str = "EVENTS_FILL";

@@ -36,8 +36,7 @@ pub(crate) fn load(field: *const u32) -> u32 {
 }
 
 /// Anomalies for userspace. Written: `emit::event`. Read: the agent's ring-buffer reader.
-/// 8 MiB holds ~49,000 events: over a second of aborts at the highest rate measured, with
-/// the reset each causes when both ends are on the node.
+/// Sized by `observer_common::maps::EVENTS_BYTES`.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(observer_common::maps::EVENTS_BYTES, 0);
 

@@ -3,11 +3,12 @@
 //! scan. Reading the pinned link runs the program over the TCP sockets of the reader's network
 //! namespace, so the tracker reads it once in each namespace a task is in.
 //!
-//! That walk costs the agent about 0.3 µs per socket on the node (the established hash is
-//! shared by all namespaces), so it runs only when a socket has waited for promotion a whole
-//! scan interval: each scan advances an epoch (`CW_EPOCH`), the programs count the
-//! sockets waiting per entry epoch (`CW_PENDING`), and a storm of connections that each pass
-//! through CLOSE_WAIT in microseconds never makes the agent walk its sockets.
+//! That walk visits every socket on the node (the established hash is shared by all
+//! namespaces; its cost is in docs/performance.md), so it runs only when a socket has waited
+//! for promotion a whole scan interval: each scan advances an epoch (`CW_EPOCH`), the
+//! programs count the sockets waiting per entry epoch (`CW_PENDING`), and a storm of
+//! connections that each pass through CLOSE_WAIT in microseconds never makes the agent walk
+//! its sockets.
 
 use std::{
     io,
