@@ -17,7 +17,7 @@ pub mod maps {
     /// Size of [`EVENTS`] in bytes: about 49,000 events (168 bytes each with the ring's
     /// header), where an abort whose peer is on the node takes two (its own and the peer's
     /// `reset_received`): a reader held up by a busy machine loses nothing for as long as
-    /// that lasts (docs/performance.md has what it holds at the abort rates measured).
+    /// that lasts (`docs/performance.md` has what it holds at the abort rates measured).
     pub const EVENTS_BYTES: u32 = 8 << 20;
     /// Per-CPU high-water mark of bytes waiting in [`EVENTS`], reset by userspace as it reads.
     pub const EVENTS_FILL: &str = "EVENTS_FILL";

@@ -4,7 +4,7 @@
 //! namespace, so the tracker reads it once in each namespace a task is in.
 //!
 //! That walk visits every socket on the node (the established hash is shared by all
-//! namespaces; its cost is in docs/performance.md), so it runs only when a socket has waited
+//! namespaces; its cost is in `docs/performance.md`), so it runs only when a socket has waited
 //! for promotion a whole scan interval: each scan advances an epoch (`CW_EPOCH`), the
 //! programs count the sockets waiting per entry epoch (`CW_PENDING`), and a storm of
 //! connections that each pass through CLOSE_WAIT in microseconds never makes the agent walk
