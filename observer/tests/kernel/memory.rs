@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::support::{Agent, aborts, patience, require_bpf};
+use super::support::{Agent, aborts, patience, require_bpf, scrape};
 
 /// The DaemonSet's `resources.limits.memory`.
 const LIMIT: u64 = 256 << 20;
@@ -96,12 +96,27 @@ impl Drop for MemCgroup {
     }
 }
 
+/// The `rst_on_close` events of `ns` once it has `n` events. Short of `n`, it says what
+/// came instead (each kind's count) and what the agent counted lost.
 fn rst_on_close(agent: &Agent, ns: u64, n: usize) -> usize {
-    agent
-        .events(ns, n, patience(Duration::from_secs(30)), Duration::ZERO)
+    let events = agent.events(ns, n, patience(Duration::from_secs(30)), Duration::ZERO);
+    let aborts = events
         .iter()
         .filter(|e| e["kind"] == "rst_on_close")
-        .count()
+        .count();
+    if aborts < n {
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        for e in &events {
+            *kinds.entry(e["kind"].to_string()).or_default() += 1;
+        }
+        let lost: Vec<String> = scrape(&agent.url)
+            .lines()
+            .filter(|l| l.starts_with("observer_events_lost_total{") && !l.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect();
+        eprintln!("{aborts} of {n} rst_on_close; events by kind {kinds:?}; lost {lost:?}");
+    }
+    aborts
 }
 
 /// Twenty well-behaved queries for 1,000 events beside the abuse: each answered, or refused
