@@ -4,7 +4,7 @@
 
 use super::{
     Arc, AtomicBool, Duration, Instant, Ordering, RUN, THREADS,
-    support::{Agent, enter_netns, scrape},
+    support::{Agent, enter_netns, sample, scrape},
     thread,
 };
 
@@ -43,15 +43,27 @@ pub(crate) trait Usage {
     fn status_kib(&self, field: &str) -> u64;
     /// Bytes the kernel charges for the agent's maps (`memlock` of each map fd).
     fn map_bytes(&self) -> u64;
-    /// The sum of the `/metrics` samples whose line starts with `prefix`.
-    fn metric_sum(&self, prefix: &str) -> u64;
+    /// Its `/metrics` text.
+    fn metrics(&self) -> String;
+
+    /// The sum of the `/metrics` samples of `name`, over all their label sets.
+    fn metric_sum(&self, name: &str) -> u64 {
+        sum(&self.metrics(), name)
+    }
 
     /// `rst_on_close` events reported, and `rst_on_close` events counted lost (each abort
-    /// also makes a `reset_received` event at its peer, counted lost under its own source).
+    /// also makes a `reset_received` event at its peer, counted lost under its own source),
+    /// from one scrape.
     fn aborts_reported_and_lost(&self) -> (u64, u64) {
+        let text = self.metrics();
+        let lost = sample(
+            &text,
+            "observer_events_lost_total",
+            &[("source", "ringbuf_full_rst_on_close")],
+        );
         (
-            self.metric_sum("observer_rst_on_close_total"),
-            self.metric_sum(r#"observer_events_lost_total{source="ringbuf_full_rst_on_close"}"#),
+            sum(&text, "observer_rst_on_close_total"),
+            lost.unwrap_or(0.0) as u64,
         )
     }
 
@@ -130,13 +142,20 @@ impl Usage for Agent {
             .sum()
     }
 
-    fn metric_sum(&self, prefix: &str) -> u64 {
+    fn metrics(&self) -> String {
         scrape(&self.url)
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
     }
+}
+
+/// The sum of the samples of `name` in the `/metrics` `text`, over all their label sets.
+fn sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Runs `f` on a thread in a fresh network namespace with `lo` up and the whole port range
