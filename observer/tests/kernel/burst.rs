@@ -23,8 +23,9 @@ fn every_abort_the_kernel_counts_is_reported_once() {
         kernel_count, ABORTS as u64,
         "the scenario itself must abort every connection"
     );
-    let evs = agent.events(
+    let evs = agent.events_of(
         ns,
+        "rst_on_close",
         ABORTS,
         Duration::from_secs(30),
         Duration::from_millis(500),
@@ -80,7 +81,13 @@ fn a_burst_while_the_agent_is_stopped_is_kept_in_the_ring_buffer() {
         kernel_count, HELD as u64,
         "the scenario itself must abort every connection"
     );
-    let evs = agent.events(ns, HELD, Duration::from_secs(30), Duration::from_secs(1));
+    let evs = agent.events_of(
+        ns,
+        "rst_on_close",
+        HELD,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
     let rst = evs.iter().filter(|e| e["kind"] == "rst_on_close").count();
     assert_eq!(rst as u64, kernel_count, "every abort is reported");
     let text = scrape(&agent.url);

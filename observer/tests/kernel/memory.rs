@@ -99,7 +99,13 @@ impl Drop for MemCgroup {
 /// The `rst_on_close` events of `ns` once it has `n` events. Short of `n`, it says what
 /// came instead (each kind's count) and what the agent counted lost.
 fn rst_on_close(agent: &Agent, ns: u64, n: usize) -> usize {
-    let events = agent.events(ns, n, patience(Duration::from_secs(30)), Duration::ZERO);
+    let events = agent.events_of(
+        ns,
+        "rst_on_close",
+        n,
+        patience(Duration::from_secs(30)),
+        Duration::ZERO,
+    );
     let aborts = events
         .iter()
         .filter(|e| e["kind"] == "rst_on_close")

@@ -260,6 +260,8 @@ pub(crate) fn own_comm() -> String {
 struct Shared {
     by_netns: HashMap<u64, Vec<Value>>,
     resets_by_netns: HashMap<u64, Vec<Value>>,
+    /// Events per namespace and kind.
+    counts: HashMap<(u64, String), usize>,
     stderr: Vec<String>,
     ready: bool,
     exited: bool,
@@ -306,6 +308,8 @@ fn collect_events(out: std::process::ChildStdout, s: Arc<(Mutex<Shared>, Condvar
             let ns = v["netns"].as_u64().unwrap();
             let (m, cv) = &*s;
             let mut g = m.lock().unwrap();
+            let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+            *g.counts.entry((ns, kind)).or_default() += 1;
             // The victims' side of the tests' own aborts, kept apart so that the tests
             // counting aborts see only those (`Agent::resets`).
             let list = if v["kind"] == "reset_received" {
@@ -501,6 +505,32 @@ impl Agent {
         settle: Duration,
     ) -> Vec<Value> {
         self.collected(|g| &g.by_netns, netns, n, (timeout, settle))
+    }
+
+    /// As [`Agent::events`], but waits for `n` events of `kind`: the pool monitor may report
+    /// churn among a test's own events, and those must not count towards `n`.
+    pub(crate) fn events_of(
+        &self,
+        netns: u64,
+        kind: &str,
+        n: usize,
+        timeout: Duration,
+        settle: Duration,
+    ) -> Vec<Value> {
+        let (m, cv) = &*self.shared;
+        let g = cv
+            .wait_timeout_while(m.lock().unwrap(), patience(timeout), |g| {
+                g.counts
+                    .get(&(netns, kind.to_owned()))
+                    .copied()
+                    .unwrap_or(0)
+                    < n
+            })
+            .unwrap()
+            .0;
+        drop(g);
+        thread::sleep(settle);
+        self.events(netns, 0, Duration::ZERO, Duration::ZERO)
     }
 
     /// As [`Agent::events`], for the `reset_received` events of `netns`, which
