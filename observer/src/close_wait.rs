@@ -4,8 +4,9 @@
 //! true entry times (an agent restart loses nothing). This module owns everything else, in one
 //! task ([`run`]) that every event passes through on its way to the writers:
 //!
-//! * every [`SCAN_EVERY`] (less often when a scan would take more than 1/[`SCAN_SHARE`] of the
-//!   time: tens of thousands of sockets in CLOSE_WAIT), it reads the map and reports each
+//! * every [`SCAN_EVERY`] (less often when a scan would use more than 1/[`SCAN_SHARE`] of a
+//!   core: tens of thousands of sockets in CLOSE_WAIT; never less than every
+//!   [`SCAN_EVERY_MAX`]), it reads the map and reports each
 //!   socket past the threshold once (`close_wait_leak`; at most [`LEAKS_PER_SCAN`] per scan,
 //!   the oldest first), marking the entry so the kernel reports its end
 //!   (`close_wait_resolved`) and a restarted agent does not report it again;
@@ -44,7 +45,7 @@ use crate::{
     enrich::Enricher,
     events::{
         Event,
-        decode::{Decoder, monotonic_ns},
+        decode::{Decoder, monotonic_ns, thread_cpu_ns},
     },
     metrics::Labeller,
     owners,
@@ -54,10 +55,15 @@ use crate::{
 
 /// How often the map is read for leaks.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
-/// A scan runs at most 1/`SCAN_SHARE` of the time: one that takes 50 ms is followed by the
-/// next 2 s later, not 1 s (figures in `docs/performance.md`): the tracker's thread also passes
-/// every event on to the writers.
+/// A scan uses at most 1/`SCAN_SHARE` of a core: one that uses 50 ms of CPU is followed by
+/// the next 2 s later, not 1 s (figures in `docs/performance.md`): the tracker's thread also
+/// passes every event on to the writers.
 pub const SCAN_SHARE: u32 = 40;
+/// However much a scan used, the next one starts at most this long after it: a one-off
+/// expensive scan (thousands of leaks reported at once, their owners looked up in `/proc`)
+/// must not put the next leak off by minutes. Only scans of hundreds of thousands of sockets
+/// in CLOSE_WAIT, each one, would use more than the share at this spacing.
+pub const SCAN_EVERY_MAX: Duration = Duration::from_secs(10);
 /// Leaks reported per scan at most, oldest first; the others wait for the next scans. Tens of
 /// thousands of sockets crossing the threshold at once (a mass leak) are then reported over
 /// some seconds instead of as one batch held in memory whole (the memory this saves is in
@@ -129,14 +135,21 @@ impl Tracker {
 
     /// Gives each socket still in CLOSE_WAIT in the namespaces `namespaces` lists its map
     /// entry, if one has waited a scan interval or `all` (see [`Promoter`]); nothing to do
-    /// where the programs insert entries on entry.
-    fn promote(&mut self, namespaces: impl FnOnce() -> crate::sock_diag::Namespaces, all: bool) {
-        if let Some(p) = &mut self.promoter {
-            let failed = p.run(namespaces, all);
-            if failed > 0 {
-                self.metrics.promotion_failures.inc_by(failed);
-            }
+    /// where the programs insert entries on entry. Returns the CPU time its namespace threads
+    /// used.
+    fn promote(
+        &mut self,
+        namespaces: impl FnOnce() -> crate::sock_diag::Namespaces,
+        all: bool,
+    ) -> Duration {
+        let Some(p) = &mut self.promoter else {
+            return Duration::ZERO;
+        };
+        let (failed, cpu) = p.run(namespaces, all);
+        if failed > 0 {
+            self.metrics.promotion_failures.inc_by(failed);
         }
+        cpu
     }
 
     /// The live view the API reads.
@@ -173,11 +186,13 @@ impl Tracker {
     }
 
     /// Reads the map, refreshes the live view and the gauges, and reports every socket past
-    /// the threshold that was not reported yet.
-    pub fn scan(&mut self) -> Vec<Event> {
+    /// the threshold that was not reported yet. Also returns the CPU time the scan used, its
+    /// namespace threads included.
+    pub fn scan(&mut self) -> (Vec<Event>, Duration) {
+        let cpu_before = thread_cpu_ns();
         let now = monotonic_ns();
         let threshold = u64::try_from(self.threshold.as_nanos()).unwrap_or(u64::MAX);
-        self.promote(diag::namespaces, false);
+        let promotion = self.promote(diag::namespaces, false);
         let entries = self.entries();
         let due = self.book.due(&entries, now, threshold);
         let wanted = self.book.owners_wanted(&due);
@@ -203,7 +218,9 @@ impl Tracker {
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = views;
-        out
+        let cpu = promotion + Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_before));
+        self.metrics.scan_cpu_seconds.set(cpu.as_secs_f64());
+        (out, cpu)
     }
 
     /// Completes a `close_wait_resolved` from the kernel; `None` drops one that reports nothing
@@ -233,8 +250,12 @@ pub fn spawn(
 }
 
 /// The tracker's loop: passes events from `rx` to `tx`, completing CLOSE_WAIT ones, and adds
-/// leak events every [`SCAN_EVERY`] (see [`SCAN_SHARE`]); tells `scanned` after the first
+/// leak events every [`SCAN_EVERY`] (see [`SCAN_SHARE`], [`SCAN_EVERY_MAX`]); tells `scanned` after the first
 /// scan. Ends when `rx` closes.
+///
+/// Scans are spaced by the CPU time they use, not their wall time: on a loaded node a scan
+/// waits for a core most of its wall time, which costs nothing and would put leak reports off
+/// by tens of seconds.
 pub async fn run(
     mut tracker: Tracker,
     mut rx: mpsc::Receiver<Event>,
@@ -249,7 +270,7 @@ pub async fn run(
         stale = report.stale,
         "close_wait sockets listed"
     );
-    let first = tracker.scan();
+    let (first, _) = tracker.scan();
     let _ = scanned.send(());
     for ev in first {
         if tx.send(ev).await.is_err() {
@@ -271,8 +292,8 @@ pub async fn run(
             },
             () = tokio::time::sleep_until(next) => {
                 let started = tokio::time::Instant::now();
-                let leaks = tracker.scan();
-                next = started + SCAN_EVERY.max(started.elapsed() * SCAN_SHARE);
+                let (leaks, cpu) = tracker.scan();
+                next = started + (cpu * SCAN_SHARE).clamp(SCAN_EVERY, SCAN_EVERY_MAX);
                 leaks
             }
         };

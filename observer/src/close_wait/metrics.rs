@@ -1,5 +1,5 @@
 //! The `observer_close_wait_*` series: sockets and the oldest age per workload and peer, the
-//! map's fill level, promotion failures.
+//! map's fill level, promotion failures, the last scan's CPU time.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -28,6 +28,7 @@ pub struct Metrics {
     oldest: Family<WorkloadPeer, Gauge<f64, AtomicU64>>,
     map_entries: Gauge,
     pub(super) promotion_failures: Counter,
+    pub(super) scan_cpu_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -41,7 +42,19 @@ impl Metrics {
                 observer_common::maps::CLOSE_WAIT_MAX_ENTRIES,
             ),
             promotion_failures: Counter::default(),
+            scan_cpu_seconds: Gauge::default(),
         };
+        registry.register_with_unit(
+            "close_wait_scan_cpu",
+            format!(
+                "CPU time the last CLOSE_WAIT scan used, its namespace threads included; scans \
+                 run every second, or every {} times this when longer, at most {} s apart",
+                super::SCAN_SHARE,
+                super::SCAN_EVERY_MAX.as_secs()
+            ),
+            Unit::Seconds,
+            m.scan_cpu_seconds.clone(),
+        );
         registry.register(
             "close_wait_promotion_failures",
             "Namespaces where reading the CLOSE_WAIT promotion iterator failed at a scan: their \

@@ -13,6 +13,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -86,13 +87,14 @@ impl Promoter {
     /// Starts a new epoch, then runs the iterator in each namespace `namespaces` lists if a
     /// socket entered CLOSE_WAIT two epochs ago or earlier and waits still, or if `all` (at
     /// start-up and at stop). Returns the namespaces where reading the iterator failed (a
-    /// namespace that vanished before it was entered is not one); the 1st, 2nd, 4th, 8th...
-    /// failure since start is logged as a warning, so a lasting one does not flood the log.
+    /// namespace that vanished before it was entered is not one) and the CPU time the
+    /// namespace threads used; the 1st, 2nd, 4th, 8th... failure since start is logged as a
+    /// warning, so a lasting one does not flood the log.
     pub fn run(
         &mut self,
         namespaces: impl FnOnce() -> crate::sock_diag::Namespaces,
         all: bool,
-    ) -> u64 {
+    ) -> (u64, Duration) {
         self.epoch = self.epoch.wrapping_add(1);
         let slot = self.epoch % CW_EPOCHS;
         if let Err(e) = self.epoch_slot.set(0, slot, 0) {
@@ -101,16 +103,16 @@ impl Promoter {
         // The slot the next epoch reuses: its sockets entered before the previous scan.
         let oldest = (slot + 1) % CW_EPOCHS;
         if !all && self.waiting(oldest) == 0 {
-            return 0;
+            return (0, Duration::ZERO);
         }
-        let read = crate::sock_diag::in_each(&namespaces(), |_| {
+        let visits = crate::sock_diag::visit_each(&namespaces(), |_| {
             // The program writes nothing: reading to the end walks every socket once. Inside
             // the namespace, a failure is the iterator's: passed on, not dropped.
             Ok(std::fs::File::open(&self.path)
                 .and_then(|mut link| io::copy(&mut link, &mut io::sink())))
         });
         let mut failed = 0;
-        for (netns, res) in read {
+        for (netns, res) in visits.answers {
             if let Err(e) = res {
                 failed += 1;
                 self.failures += 1;
@@ -120,7 +122,7 @@ impl Promoter {
                 tracing::warn!(failures = self.failures, netns, link = %self.path.display(), error = %e, "CLOSE_WAIT promotion failed: the namespace's sockets get no leak entry this scan");
             }
         }
-        failed
+        (failed, visits.cpu)
     }
 
     /// Sockets of epoch slot `slot` still waiting for promotion (the per-CPU counts' sum; a
