@@ -452,6 +452,28 @@ fn time_wait_ports(port: u16) -> Vec<u16> {
         .collect()
 }
 
+/// `n` connections to the echo server on `port`, each closed first by this process after one
+/// ping; returns their local ports. They are made from a thread with a descriptor table of its
+/// own: a child another test thread forks copies the process's table, and a socket closed here
+/// while the child still holds it is closed by the child (at its exec), under its name.
+fn pings_closed_first(port: u16, n: usize) -> Vec<u16> {
+    thread::spawn(move || {
+        // SAFETY: unshare only affects this thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_FILES) }, 0);
+        (0..n)
+            .map(|_| {
+                let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+                c.write_all(b"ping\n").unwrap();
+                let mut ok = [0u8; 3];
+                c.read_exact(&mut ok).unwrap();
+                c.local_addr().unwrap().port()
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
     if !require_bpf() {
@@ -481,15 +503,7 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
             .lines()
             .map(|l| l.parse().unwrap())
             .collect();
-        let own: Vec<u16> = (0..200)
-            .map(|_| {
-                let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-                c.write_all(b"ping\n").unwrap();
-                let mut ok = [0u8; 3];
-                c.read_exact(&mut ok).unwrap();
-                c.local_addr().unwrap().port()
-            })
-            .collect();
+        let own = pings_closed_first(port, 200);
         // Each process's TIME_WAIT sockets, as ss lists them. A port of python3's that this
         // process took over (loopback reuses a TIME_WAIT tuple a second old) is this
         // process's now: it closed that tuple last, and first; a tuple this process reused
@@ -554,11 +568,18 @@ fn two_first_closers_towards_one_peer_each_keep_their_time_wait() {
         if seen.last() != Some(&now) {
             seen.push(now);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{theirs} python3 and {mine} own TIME_WAIT never shown; each change of \
-             [python3, own, unknown closer, state misses, listing cpu s, listing s, listing failures]:\n{seen:?}"
-        );
+        if Instant::now() >= deadline {
+            let series: Vec<&str> = t
+                .lines()
+                .filter(|l| l.starts_with("observer_time_wait_sockets{") && l.contains(&peer))
+                .collect();
+            panic!(
+                "{theirs} python3 and {mine} own TIME_WAIT never shown; each change of \
+                 [python3, own, unknown closer, state misses, listing cpu s, listing s, \
+                 listing failures]:\n{seen:?}\nthe peer's series at the end:\n{}",
+                series.join("\n")
+            );
+        }
         thread::sleep(Duration::from_millis(200));
     }
 }
